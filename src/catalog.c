@@ -1,0 +1,559 @@
+/*
+ * catalog.c
+ *		Declared counters: the table counter.definition, a backend-local cache
+ *		of it, and counter.create / counter.alter / counter.drop.
+ *
+ * The cache maps ids and names to CounterDef copies.  A statement trigger on
+ * counter.definition sends a relcache invalidation for that table whenever it
+ * changes (SQL functions, COPY from a restore, or a hand edit), and our
+ * relcache callback then drops the whole cache; entries are reloaded lazily.
+ * Callers always receive a copy, because an invalidation may arrive while
+ * they run SPI.
+ *
+ * The extension's tables are private to their owner.  Code that touches them
+ * first checks the caller's rights, then runs between CounterEnter and
+ * CounterLeave, which switch to the tables' owner and pin search_path to
+ * pg_catalog, so a hostile search_path cannot reach our queries.
+ */
+#include "counter.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+PG_FUNCTION_INFO_V1(counter_create);
+PG_FUNCTION_INFO_V1(counter_alter);
+PG_FUNCTION_INFO_V1(counter_drop);
+PG_FUNCTION_INFO_V1(counter_definition_changed);
+
+typedef struct NameEntry
+{
+	char		name[COUNTER_NAME_MAXLEN + 1];
+	CounterDef	def;
+} NameEntry;
+
+typedef struct IdEntry
+{
+	int32		id;
+	CounterDef	def;
+} IdEntry;
+
+static HTAB *by_id = NULL;
+static HTAB *by_name = NULL;
+static Oid	definition_relid = InvalidOid;
+static Oid	tables_owner = InvalidOid;
+
+static SPIPlanPtr plan_by_id = NULL;
+static SPIPlanPtr plan_by_name = NULL;
+
+/* Forget every cached definition when counter.definition may have changed. */
+static void
+CounterRelcacheCallback(Datum arg, Oid relid)
+{
+	if (relid != InvalidOid && relid != definition_relid &&
+		definition_relid != InvalidOid)
+		return;
+	if (by_id)
+		hash_destroy(by_id);
+	if (by_name)
+		hash_destroy(by_name);
+	by_id = NULL;
+	by_name = NULL;
+	definition_relid = InvalidOid;
+	tables_owner = InvalidOid;
+}
+
+/* Register the invalidation callback once per backend. */
+void
+CounterCatalogInit(void)
+{
+	CacheRegisterRelcacheCallback(CounterRelcacheCallback, (Datum) 0);
+}
+
+/* Find counter.definition and its owner, or say the extension is missing. */
+static void
+CounterLocateTables(void)
+{
+	Oid			nsp;
+	HeapTuple	tup;
+
+	if (OidIsValid(definition_relid))
+		return;
+	nsp = get_namespace_oid(COUNTER_SCHEMA, true);
+	if (OidIsValid(nsp))
+		definition_relid = get_relname_relid("definition", nsp);
+	if (!OidIsValid(definition_relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"counter\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION counter.")));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(definition_relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", definition_relid);
+	tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+}
+
+/*
+ * Enter the extension's private scope: run as the owner of its tables with
+ * search_path reduced to pg_catalog.  Errors unwind both through transaction
+ * abort, so no PG_TRY is needed.
+ */
+void
+CounterEnter(CounterScope *scope)
+{
+	OverrideSearchPath path = {0};
+
+	CounterLocateTables();
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(tables_owner,
+						   scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	path.schemas = NIL;
+	path.addCatalog = true;
+	path.addTemp = false;
+	PushOverrideSearchPath(&path);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+/* Leave the scope entered by CounterEnter. */
+void
+CounterLeave(CounterScope *scope)
+{
+	SPI_finish();
+	PopOverrideSearchPath();
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+/* Prepare a query once per backend and keep it; plancache revalidates it. */
+SPIPlanPtr
+CounterPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan;
+
+	if (*cache)
+		return *cache;
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	*cache = plan;
+	return plan;
+}
+
+/* Text form of a mode, as stored in counter.definition. */
+const char *
+CounterModeName(CounterMode mode)
+{
+	switch (mode)
+	{
+		case COUNTER_MODE_DIRECT:
+			return "direct";
+		case COUNTER_MODE_SHARDED:
+			return "sharded";
+		case COUNTER_MODE_BUFFERED:
+			return "buffered";
+	}
+	return "?";
+}
+
+/* Parse a mode name, with a clear error for anything else. */
+static CounterMode
+CounterParseMode(const char *s)
+{
+	if (strcmp(s, "direct") == 0)
+		return COUNTER_MODE_DIRECT;
+	if (strcmp(s, "sharded") == 0)
+		return COUNTER_MODE_SHARDED;
+	if (strcmp(s, "buffered") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("buffered mode is not available in this version of counter"),
+				 errhint("Use mode 'sharded' or 'direct'.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid counter mode \"%s\"", s),
+			 errhint("Valid modes are 'direct' and 'sharded'.")));
+	return COUNTER_MODE_SHARDED;	/* keep compiler quiet */
+}
+
+/*
+ * Enforce the name rules: 1 to 63 characters, a letter first, then letters,
+ * digits, '_', '.' or '-'.  Names become Redis key prefixes and psql output,
+ * so they stay plain.
+ */
+void
+CounterCheckName(const char *name)
+{
+	size_t		len = strlen(name);
+	const char *p;
+
+	if (len == 0 || len > COUNTER_NAME_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid counter name \"%s\"", name),
+				 errdetail("A counter name has between 1 and %d characters.",
+						   COUNTER_NAME_MAXLEN)));
+	for (p = name; *p; p++)
+	{
+		char		c = *p;
+		bool		ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+
+		if (p != name)
+			ok = ok || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_NAME),
+					 errmsg("invalid counter name \"%s\"", name),
+					 errdetail("A counter name starts with a letter and holds only letters, digits, \"_\", \".\" and \"-\".")));
+	}
+}
+
+/* Build a CounterDef from the current SPI result row. */
+static void
+CounterDefFromTuple(CounterDef *def)
+{
+	HeapTuple	tup = SPI_tuptable->vals[0];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+	char	   *s;
+
+	memset(def, 0, sizeof(*def));
+	def->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	s = SPI_getvalue(tup, desc, 2);
+	strlcpy(def->name, s, sizeof(def->name));
+	s = SPI_getvalue(tup, desc, 3);
+	def->mode = strcmp(s, "direct") == 0 ? COUNTER_MODE_DIRECT :
+		strcmp(s, "buffered") == 0 ? COUNTER_MODE_BUFFERED : COUNTER_MODE_SHARDED;
+	def->slots = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	s = SPI_getvalue(tup, desc, 5);
+	def->key_type = strcmp(s, "text") == 0 ? COUNTER_KEY_TEXT : COUNTER_KEY_BIGINT;
+	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+}
+
+/* Create the two hash tables if an invalidation dropped them. */
+static void
+CounterCacheEnsure(void)
+{
+	HASHCTL		ctl;
+
+	if (by_id && by_name)
+		return;
+	if (by_id)
+		hash_destroy(by_id);
+	if (by_name)
+		hash_destroy(by_name);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int32);
+	ctl.entrysize = sizeof(IdEntry);
+	ctl.hcxt = CacheMemoryContext;
+	by_id = hash_create("counter definitions by id", 64, &ctl,
+						HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = COUNTER_NAME_MAXLEN + 1;
+	ctl.entrysize = sizeof(NameEntry);
+	by_name = hash_create("counter definitions by name", 64, &ctl,
+						  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/* Remember a freshly loaded definition under both keys. */
+static void
+CounterCacheStore(const CounterDef *def)
+{
+	IdEntry    *ie;
+	NameEntry  *ne;
+	bool		found;
+
+	CounterCacheEnsure();
+	ie = hash_search(by_id, &def->id, HASH_ENTER, &found);
+	ie->def = *def;
+	ne = hash_search(by_name, def->name, HASH_ENTER, &found);
+	ne->def = *def;
+}
+
+/* Load one definition by id or by name through SPI; false if absent. */
+static bool
+CounterLoad(int32 id, const char *name, CounterDef *def)
+{
+	CounterScope scope;
+	bool		found;
+	int			rc;
+
+	CounterEnter(&scope);
+	if (name == NULL)
+	{
+		Oid			argtypes[1] = {INT4OID};
+		Datum		values[1] = {Int32GetDatum(id)};
+
+		rc = SPI_execute_plan(CounterPlan(&plan_by_id,
+										  "SELECT id, name, mode, slots, key_type, owner::oid"
+										  " FROM counter.definition WHERE id = $1",
+										  1, argtypes),
+							  values, NULL, true, 1);
+	}
+	else
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(name)};
+
+		rc = SPI_execute_plan(CounterPlan(&plan_by_name,
+										  "SELECT id, name, mode, slots, key_type, owner::oid"
+										  " FROM counter.definition WHERE name = $1",
+										  1, argtypes),
+							  values, NULL, true, 1);
+	}
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "loading counter definition failed: %s",
+			 SPI_result_code_string(rc));
+	found = SPI_processed > 0;
+	if (found)
+		CounterDefFromTuple(def);
+	CounterLeave(&scope);
+	if (found)
+		CounterCacheStore(def);
+	return found;
+}
+
+/* Copy out the definition with this id; false if there is none. */
+bool
+CounterLookupById(int32 id, CounterDef *def)
+{
+	IdEntry    *ie;
+
+	CounterLocateTables();
+	if (by_id && (ie = hash_search(by_id, &id, HASH_FIND, NULL)) != NULL)
+	{
+		*def = ie->def;
+		return true;
+	}
+	return CounterLoad(id, NULL, def);
+}
+
+/* Copy out the definition with this name; false if there is none. */
+bool
+CounterLookupByName(const char *name, CounterDef *def)
+{
+	NameEntry  *ne;
+	char		key[COUNTER_NAME_MAXLEN + 1];
+
+	if (strlen(name) > COUNTER_NAME_MAXLEN)
+		return false;
+	CounterLocateTables();
+	memset(key, 0, sizeof(key));
+	strlcpy(key, name, sizeof(key));
+	if (by_name && (ne = hash_search(by_name, key, HASH_FIND, NULL)) != NULL)
+	{
+		*def = ne->def;
+		return true;
+	}
+	return CounterLoad(0, name, def);
+}
+
+/* Like CounterLookupById, but a dropped counter is an error. */
+void
+CounterGetById(int32 id, CounterDef *def)
+{
+	if (!CounterLookupById(id, def))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("counter with id %d does not exist", id),
+				 errdetail("The counter was dropped after this value was formed."),
+				 errhint("Create it again with counter.create(), or name the counter afresh.")));
+}
+
+/* Only the counter's owner (or a member of it, or a superuser) may change it. */
+static void
+CounterCheckOwner(const CounterDef *def)
+{
+	if (!has_privs_of_role(GetUserId(), def->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of counter \"%s\"", def->name),
+				 errhint("Ask its owner or a superuser, or be granted membership in role \"%s\".",
+						 GetUserNameFromId(def->owner, false))));
+}
+
+/* Run one prepared-on-the-fly statement in the private scope. */
+static int
+CounterExec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			const char *nulls)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls,
+										   false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "counter catalog statement failed: %s",
+			 SPI_result_code_string(rc));
+	return rc;
+}
+
+/* Check a slot count given by a user. */
+static int32
+CounterCheckSlots(int32 slots)
+{
+	if (slots < 1 || slots > COUNTER_MAX_SLOTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("slots must be between 1 and %d, not %d",
+						COUNTER_MAX_SLOTS, slots)));
+	return slots;
+}
+
+/*
+ * counter.create(name, mode, slots, key_type): declare a counter owned by the
+ * calling role and return its handle.
+ */
+Datum
+counter_create(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	CounterMode mode = COUNTER_MODE_SHARDED;
+	int32		slots = counter_default_slots;
+	const char *key_type = "bigint";
+	CounterScope scope;
+	CounterDef	existing;
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, OIDOID};
+	Datum		values[5];
+	int32		id;
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CounterCheckName(name);
+	if (!PG_ARGISNULL(1))
+		mode = CounterParseMode(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	if (!PG_ARGISNULL(2))
+		slots = CounterCheckSlots(PG_GETARG_INT32(2));
+	if (!PG_ARGISNULL(3))
+	{
+		key_type = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		if (strcmp(key_type, "bigint") != 0 && strcmp(key_type, "text") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid key_type \"%s\"", key_type),
+					 errhint("Valid key types are 'bigint' and 'text'.")));
+	}
+	if (CounterLookupByName(name, &existing))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("counter \"%s\" already exists", name)));
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(CounterModeName(mode));
+	values[2] = Int32GetDatum(slots);
+	values[3] = CStringGetTextDatum(key_type);
+	values[4] = ObjectIdGetDatum(GetUserId());
+
+	CounterEnter(&scope);
+	CounterExec("INSERT INTO counter.definition (name, mode, slots, key_type, owner)"
+				" VALUES ($1, $2, $3, $4, $5::pg_catalog.regrole)"
+				" ON CONFLICT (name) DO NOTHING RETURNING id",
+				5, argtypes, values, NULL);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("counter \"%s\" already exists", name)));
+	id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	CounterLeave(&scope);
+	CommandCounterIncrement();
+	PG_RETURN_INT32(id);
+}
+
+/*
+ * counter.alter(counter, mode, slots): change a counter's settings online.
+ * Every slot and mode writes the same tally rows, so no increment in flight
+ * is lost whichever setting a concurrent writer still has cached.
+ */
+Datum
+counter_alter(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	Oid			argtypes[3] = {INT4OID, TEXTOID, INT4OID};
+	Datum		values[3];
+	char		nulls[3] = {' ', 'n', 'n'};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter must not be null")));
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	CounterCheckOwner(&def);
+	values[0] = Int32GetDatum(def.id);
+	if (!PG_ARGISNULL(1))
+	{
+		CounterMode mode = CounterParseMode(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+
+		values[1] = CStringGetTextDatum(CounterModeName(mode));
+		nulls[1] = ' ';
+	}
+	if (!PG_ARGISNULL(2))
+	{
+		values[2] = Int32GetDatum(CounterCheckSlots(PG_GETARG_INT32(2)));
+		nulls[2] = ' ';
+	}
+	CounterEnter(&scope);
+	CounterExec("UPDATE counter.definition SET"
+				" mode = pg_catalog.coalesce($2, mode),"
+				" slots = pg_catalog.coalesce($3, slots)"
+				" WHERE id = $1",
+				3, argtypes, values, nulls);
+	CounterLeave(&scope);
+	CommandCounterIncrement();
+	PG_RETURN_VOID();
+}
+
+/* counter.drop(counter): forget a counter and every tally it holds. */
+Datum
+counter_drop(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter must not be null")));
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	CounterCheckOwner(&def);
+	values[0] = Int32GetDatum(def.id);
+	CounterEnter(&scope);
+	CounterExec("DELETE FROM counter.definition WHERE id = $1",
+				1, argtypes, values, NULL);
+	CounterExec("DELETE FROM counter.tally WHERE counter_id = $1",
+				1, argtypes, values, NULL);
+	CounterExec("DELETE FROM counter.text_key WHERE counter_id = $1",
+				1, argtypes, values, NULL);
+	CounterLeave(&scope);
+	CommandCounterIncrement();
+	PG_RETURN_VOID();
+}
+
+/* Statement trigger on counter.definition: tell every backend to reload. */
+Datum
+counter_definition_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "counter_definition_changed: not called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}

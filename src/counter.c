@@ -1,0 +1,18 @@
+/*
+ * counter.c
+ *		Module entry point: the magic block and _PG_init, which only hands
+ *		each concern its own initialisation.
+ */
+#include "counter.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* Set up settings and the catalog cache when the library loads. */
+void
+_PG_init(void)
+{
+	CounterGucInit();
+	CounterCatalogInit();
+}

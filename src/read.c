@@ -1,0 +1,241 @@
+/*
+ * read.c
+ *		The read paths: counter.get, counter.get_many and counter.window.
+ *
+ * A key's total is the sum of its tally rows; a window sums the rows whose
+ * minute lies in it.  Reads run in the caller's snapshot, so they see the
+ * session's own uncommitted increments and everything committed before.
+ */
+#include "counter.h"
+
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+PG_FUNCTION_INFO_V1(counter_get);
+PG_FUNCTION_INFO_V1(counter_get_many);
+PG_FUNCTION_INFO_V1(counter_window);
+
+static SPIPlanPtr plan_get = NULL;
+static SPIPlanPtr plan_window = NULL;
+static SPIPlanPtr plan_get_many = NULL;
+static SPIPlanPtr plan_get_many_text = NULL;
+
+/* Run a one-row, one-bigint-column plan and return its value. */
+static int64
+CounterScalar(SPIPlanPtr plan, Datum *values)
+{
+	bool		isnull;
+	int			rc = SPI_execute_plan(plan, values, NULL, true, 1);
+	Datum		d;
+
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/*
+ * Resolve the key argument for a read: a bigint, or a text key mapped to its
+ * id.  Returns false for a text key never incremented.
+ */
+static bool
+CounterReadKey(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
+			   int64 *key)
+{
+	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key must not be null")));
+	if (argtype == INT8OID)
+	{
+		if (def->key_type == COUNTER_KEY_TEXT)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("counter \"%s\" has text keys", def->name),
+					 errhint("Pass the key as text, e.g. '42'::text.")));
+		*key = PG_GETARG_INT64(argno);
+		return true;
+	}
+	if (def->key_type == COUNTER_KEY_BIGINT)
+	{
+		char	   *s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+		char	   *end;
+
+		errno = 0;
+		*key = strtoi64(s, &end, 10);
+		if (*s == '\0' || *end != '\0' || errno != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),
+					 errdetail("Counter \"%s\" has bigint keys.", def->name)));
+		return true;
+	}
+	*key = CounterTextKeyId(def, PG_GETARG_TEXT_PP(argno), false);
+	return *key >= 0;
+}
+
+/* Fetch the counter argument, refusing null. */
+static void
+CounterArg(FunctionCallInfo fcinfo, CounterDef *def)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter must not be null")));
+	CounterGetById(PG_GETARG_INT32(0), def);
+}
+
+/* counter.get(counter, key): the exact total, 0 for a key never counted. */
+Datum
+counter_get(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	int64		key;
+	int64		total;
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+	Datum		values[2];
+
+	CounterArg(fcinfo, &def);
+	if (!CounterReadKey(fcinfo, 1, &def, &key))
+		PG_RETURN_INT64(0);
+	values[0] = Int32GetDatum(def.id);
+	values[1] = Int64GetDatum(key);
+	CounterEnter(&scope);
+	total = CounterScalar(CounterPlan(&plan_get,
+									  "SELECT sum(value)::int8 FROM counter.tally"
+									  " WHERE counter_id = $1 AND key = $2",
+									  2, argtypes),
+						  values);
+	CounterLeave(&scope);
+	PG_RETURN_INT64(total);
+}
+
+/*
+ * counter.window(counter, key, span, now): the count in [now - span, now),
+ * summing the minute buckets that start in that range.
+ */
+Datum
+counter_window(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	int64		key;
+	int64		total;
+	Interval   *span;
+	TimestampTz now;
+	TimestampTz from;
+	Oid			argtypes[4] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	Interval	zero = {0};
+
+	CounterArg(fcinfo, &def);
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("window span must not be null")));
+	span = PG_GETARG_INTERVAL_P(2);
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(span),
+										  IntervalPGetDatum(&zero))) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("window span must not be negative"),
+				 errhint("Give a span such as '1 hour'.")));
+	now = PG_ARGISNULL(3) ? GetCurrentTransactionStartTimestamp()
+		: PG_GETARG_TIMESTAMPTZ(3);
+	if (TIMESTAMP_NOT_FINITE(now))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("now must be a finite timestamp")));
+	from = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(span)));
+	if (!CounterReadKey(fcinfo, 1, &def, &key))
+		PG_RETURN_INT64(0);
+	values[0] = Int32GetDatum(def.id);
+	values[1] = Int64GetDatum(key);
+	values[2] = TimestampTzGetDatum(from);
+	values[3] = TimestampTzGetDatum(now);
+	CounterEnter(&scope);
+	total = CounterScalar(CounterPlan(&plan_window,
+									  "SELECT sum(value)::int8 FROM counter.tally"
+									  " WHERE counter_id = $1 AND key = $2"
+									  " AND bucket >= $3 AND bucket < $4",
+									  4, argtypes),
+						  values);
+	CounterLeave(&scope);
+	PG_RETURN_INT64(total);
+}
+
+/*
+ * counter.get_many(counter, keys): (key, value) for each key, in the order
+ * given, 0 for keys never counted.  Takes bigint[] or, for text counters,
+ * text[].
+ */
+Datum
+counter_get_many(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CounterDef	def;
+	CounterScope scope;
+	Oid			arrtype = get_fn_expr_argtype(fcinfo->flinfo, 1);
+	bool		textkeys = (arrtype == TEXTARRAYOID);
+	Oid			argtypes[2] = {INT4OID, arrtype};
+	Datum		values[2];
+	int			rc;
+	uint64		i;
+
+	CounterArg(fcinfo, &def);
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("keys must not be null")));
+	if (textkeys != (def.key_type == COUNTER_KEY_TEXT))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("counter \"%s\" has %s keys", def.name,
+						def.key_type == COUNTER_KEY_TEXT ? "text" : "bigint"),
+				 errhint("Pass the keys as %s.",
+						 def.key_type == COUNTER_KEY_TEXT ? "text[]" : "bigint[]")));
+	InitMaterializedSRF(fcinfo, 0);
+	values[0] = Int32GetDatum(def.id);
+	values[1] = PG_GETARG_DATUM(1);
+	CounterEnter(&scope);
+	if (textkeys)
+		rc = SPI_execute_plan(CounterPlan(&plan_get_many_text,
+										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
+										  "  FROM counter.text_key m JOIN counter.tally t"
+										  "  ON t.counter_id = m.counter_id AND t.key = m.id"
+										  "  WHERE m.counter_id = $1 AND m.name = u.k), 0)"
+										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
+										  " ORDER BY u.o",
+										  2, argtypes),
+							  values, NULL, true, 0);
+	else
+		rc = SPI_execute_plan(CounterPlan(&plan_get_many,
+										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
+										  "  FROM counter.tally t"
+										  "  WHERE t.counter_id = $1 AND t.key = u.k), 0)"
+										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
+										  " ORDER BY u.o",
+										  2, argtypes),
+							  values, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		Datum		out[2];
+		bool		nulls[2];
+
+		out[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
+		out[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+	}
+	CounterLeave(&scope);
+	return (Datum) 0;
+}

@@ -1,0 +1,412 @@
+/*
+ * write.c
+ *		The write paths: counter.incr and counter.incr_many.
+ *
+ * Every increment lands in counter.tally, keyed by (counter, key, minute,
+ * slot).  A direct counter always writes slot 0, so writers of one key queue
+ * on one row, as a plain UPDATE would.  A sharded counter writes the slot
+ * numbered after the backend (MyBackendId modulo slots), so up to `slots`
+ * concurrent writers of one key never wait on each other's row locks; the
+ * README explains how this was chosen over random slots, SKIP LOCKED and
+ * insert-only deltas.  A key's total is the sum of all its rows; rows of one
+ * minute carry that minute's count, which windows are built on.
+ *
+ * Overflow: each row's addition is checked by int8 arithmetic; when a row or
+ * a delta reaches COUNTER_CHECK_THRESHOLD the whole key is summed and an
+ * increment that would take the total outside bigint fails with 22003.
+ * Below the threshold the total cannot leave bigint unless a key holds more
+ * than 2^23 rows, which compaction rules out.
+ */
+#include "counter.h"
+
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/backendid.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+
+PG_FUNCTION_INFO_V1(counter_incr);
+PG_FUNCTION_INFO_V1(counter_incr_many);
+PG_FUNCTION_INFO_V1(counter_key_id);
+
+#define COUNTER_CHECK_THRESHOLD (INT64CONST(1) << 40)
+
+static SPIPlanPtr plan_upsert = NULL;
+static SPIPlanPtr plan_total = NULL;
+static SPIPlanPtr plan_many = NULL;
+static SPIPlanPtr plan_key_find = NULL;
+static SPIPlanPtr plan_key_make = NULL;
+
+/* The slot row this backend writes for a counter. */
+static int16
+CounterSlot(const CounterDef *def)
+{
+	if (def->mode == COUNTER_MODE_DIRECT || def->slots <= 1)
+		return 0;
+	return (int16) ((MyBackendId > 0 ? MyBackendId - 1 : MyProcPid) % def->slots);
+}
+
+/* The minute an increment made now is attributed to. */
+static TimestampTz
+CounterBucketNow(void)
+{
+	return CounterMinute(GetCurrentTransactionStartTimestamp());
+}
+
+/* Fail with 22003 if the key's total has left the range of bigint. */
+static void
+CounterCheckTotal(const CounterDef *def, int64 key)
+{
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+	Datum		values[2] = {Int32GetDatum(def->id), Int64GetDatum(key)};
+	bool		isnull;
+	int			rc;
+
+	rc = SPI_execute_plan(CounterPlan(&plan_total,
+									  "SELECT s > 9223372036854775807::numeric"
+									  " OR s < (-9223372036854775808)::numeric"
+									  " FROM (SELECT sum(value) AS s FROM counter.tally"
+									  " WHERE counter_id = $1 AND key = $2) AS t",
+									  2, argtypes),
+						  values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "counter total check failed: %s", SPI_result_code_string(rc));
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+								   SPI_tuptable->tupdesc, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("counter \"%s\" would overflow for key " INT64_FORMAT,
+						def->name, key),
+				 errdetail("The total would leave the range of bigint; nothing was counted.")));
+}
+
+/* Whether a value is large enough that the key's total must be checked. */
+static inline bool
+CounterNeedsCheck(int64 v)
+{
+	return v >= COUNTER_CHECK_THRESHOLD || v <= -COUNTER_CHECK_THRESHOLD;
+}
+
+/* Add delta to the key's row for this minute and slot (inside the scope). */
+static void
+CounterApply(const CounterDef *def, int64 key, int64 delta)
+{
+	Oid			argtypes[5] = {INT4OID, INT8OID, TIMESTAMPTZOID, INT2OID, INT8OID};
+	Datum		values[5];
+	bool		isnull;
+	int64		row;
+	int			rc;
+
+	values[0] = Int32GetDatum(def->id);
+	values[1] = Int64GetDatum(key);
+	values[2] = TimestampTzGetDatum(CounterBucketNow());
+	values[3] = Int16GetDatum(CounterSlot(def));
+	values[4] = Int64GetDatum(delta);
+	rc = SPI_execute_plan(CounterPlan(&plan_upsert,
+									  "INSERT INTO counter.tally AS t"
+									  " (counter_id, key, bucket, slot, value)"
+									  " VALUES ($1, $2, $3, $4, $5)"
+									  " ON CONFLICT (counter_id, key, bucket, slot)"
+									  " DO UPDATE SET value = t.value + excluded.value"
+									  " RETURNING t.value",
+									  5, argtypes),
+						  values, NULL, false, 1);
+	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "counter increment failed: %s", SPI_result_code_string(rc));
+	row = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+	if (CounterNeedsCheck(row) || CounterNeedsCheck(delta))
+		CounterCheckTotal(def, key);
+}
+
+/*
+ * The bigint id of a text key (inside the scope).  With create, a new key
+ * gets the next id from counter.text_key_id_seq; ids are never reused, so the
+ * mapping is stable.  Returns -1 for an unknown key without create.
+ */
+static int64
+CounterTextKeyIdScoped(const CounterDef *def, text *key, bool create)
+{
+	Oid			argtypes[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(def->id), PointerGetDatum(key)};
+	bool		isnull;
+	int			attempt;
+
+	for (attempt = 0; attempt < 2; attempt++)
+	{
+		int			rc;
+
+		rc = SPI_execute_plan(CounterPlan(&plan_key_find,
+										  "SELECT id FROM counter.text_key"
+										  " WHERE counter_id = $1 AND name = $2",
+										  2, argtypes),
+							  values, NULL, attempt == 0, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "text key lookup failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		if (!create)
+			return -1;
+
+		/*
+		 * Not there: insert it.  If a concurrent session inserted it first,
+		 * DO NOTHING waits for it and returns no row; the next SELECT, under
+		 * a new snapshot, then sees the committed id.
+		 */
+		rc = SPI_execute_plan(CounterPlan(&plan_key_make,
+										  "INSERT INTO counter.text_key (counter_id, name, id)"
+										  " VALUES ($1, $2, nextval('counter.text_key_id_seq'))"
+										  " ON CONFLICT DO NOTHING RETURNING id",
+										  2, argtypes),
+							  values, NULL, false, 1);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "text key insert failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+		CommandCounterIncrement();
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not map text key \"%s\" of counter \"%s\"",
+					text_to_cstring(key), def->name),
+			 errdetail("A concurrent transaction created the same key."),
+			 errhint("Retry the transaction.")));
+	return -1;
+}
+
+/* Public wrapper: enter the private scope to map a text key. */
+int64
+CounterTextKeyId(const CounterDef *def, text *key, bool create)
+{
+	CounterScope scope;
+	int64		id;
+
+	CounterEnter(&scope);
+	id = CounterTextKeyIdScoped(def, key, create);
+	CounterLeave(&scope);
+	return id;
+}
+
+/* Error out on a null argument that has no meaning. */
+static void
+CounterNotNull(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+}
+
+/*
+ * Resolve argument argno, a bigint or a text key, to the key id for def.
+ * A text key for a bigint counter must spell a bigint; a bigint key for a
+ * text counter is refused.  Returns -1 for an unknown text key when !create.
+ */
+static int64
+CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
+			  bool create, bool *known)
+{
+	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
+
+	*known = true;
+	if (argtype == INT8OID)
+	{
+		if (def->key_type == COUNTER_KEY_TEXT)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("counter \"%s\" has text keys", def->name),
+					 errhint("Pass the key as text, e.g. '42'::text.")));
+		return PG_GETARG_INT64(argno);
+	}
+	else
+	{
+		text	   *key = PG_GETARG_TEXT_PP(argno);
+
+		if (def->key_type == COUNTER_KEY_BIGINT)
+		{
+			char	   *s = text_to_cstring(key);
+			int64		v;
+			char	   *end;
+
+			errno = 0;
+			v = strtoi64(s, &end, 10);
+			if (*s == '\0' || *end != '\0' || errno != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),
+						 errdetail("Counter \"%s\" has bigint keys.", def->name),
+						 errhint("Create a counter with key_type => 'text' for text keys.")));
+			return v;
+		}
+		else
+		{
+			int64		id = CounterTextKeyIdScoped(def, key, create);
+
+			*known = id >= 0;
+			return id;
+		}
+	}
+}
+
+/*
+ * counter.incr(counter, key, delta): add delta to key, attributed to the
+ * current minute, inside the caller's transaction.  Returns true when
+ * counted.
+ */
+Datum
+counter_incr(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	int64		key;
+	int64		delta;
+	bool		known;
+
+	CounterNotNull(fcinfo, 0, "counter");
+	CounterNotNull(fcinfo, 1, "key");
+	CounterNotNull(fcinfo, 2, "delta");
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	delta = PG_GETARG_INT64(2);
+
+	CounterEnter(&scope);
+	key = CounterKeyArg(fcinfo, 1, &def, true, &known);
+	if (delta != 0)
+		CounterApply(&def, key, delta);
+	CounterLeave(&scope);
+	PG_RETURN_BOOL(true);
+}
+
+/* Unpack a one-dimensional bigint array, refusing null elements. */
+static int
+CounterUnpackInt8Array(ArrayType *arr, const char *what, Datum **elems)
+{
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", what)));
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  elems, &nulls, &n);
+	for (i = 0; i < n; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", what)));
+	return n;
+}
+
+/*
+ * counter.incr_many(counter, keys, deltas): add deltas[i] to keys[i] for
+ * every i in one statement (deltas null means 1 each).  Keys are summed and
+ * written in key order, so two batches never deadlock on each other.
+ * Returns the number of increments applied.
+ */
+Datum
+counter_incr_many(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	CounterScope scope;
+	Datum	   *keys;
+	Datum	   *deltas;
+	int			nkeys;
+	int			ndeltas;
+	int			i;
+	ArrayType  *deltas_arr;
+	Oid			argtypes[5] = {INT4OID, INT8ARRAYOID, INT8ARRAYOID,
+	TIMESTAMPTZOID, INT2OID};
+	Datum		values[5];
+	int			rc;
+
+	CounterNotNull(fcinfo, 0, "counter");
+	CounterNotNull(fcinfo, 1, "keys");
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	if (def.key_type == COUNTER_KEY_TEXT)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("counter \"%s\" has text keys", def.name),
+				 errhint("counter.incr_many takes bigint keys; call counter.incr for each text key.")));
+	nkeys = CounterUnpackInt8Array(PG_GETARG_ARRAYTYPE_P(1), "keys", &keys);
+	if (PG_ARGISNULL(2))
+	{
+		deltas = palloc(sizeof(Datum) * Max(nkeys, 1));
+		for (i = 0; i < nkeys; i++)
+			deltas[i] = Int64GetDatum(1);
+		ndeltas = nkeys;
+	}
+	else
+		ndeltas = CounterUnpackInt8Array(PG_GETARG_ARRAYTYPE_P(2), "deltas", &deltas);
+	if (ndeltas != nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keys and deltas must have the same length"),
+				 errdetail("keys has %d elements, deltas has %d.", nkeys, ndeltas)));
+	if (nkeys == 0)
+		PG_RETURN_INT64(0);
+	deltas_arr = construct_array(deltas, ndeltas, INT8OID, 8, FLOAT8PASSBYVAL,
+								 TYPALIGN_DOUBLE);
+
+	values[0] = Int32GetDatum(def.id);
+	values[1] = PointerGetDatum(PG_GETARG_ARRAYTYPE_P(1));
+	values[2] = PointerGetDatum(deltas_arr);
+	values[3] = TimestampTzGetDatum(CounterBucketNow());
+	values[4] = Int16GetDatum(CounterSlot(&def));
+
+	CounterEnter(&scope);
+	rc = SPI_execute_plan(CounterPlan(&plan_many,
+									  "WITH d AS ("
+									  "  SELECT k, sum(dl)::int8 AS dl"
+									  "  FROM unnest($2, $3) AS u(k, dl) GROUP BY k),"
+									  " w AS ("
+									  "  INSERT INTO counter.tally AS t"
+									  "  (counter_id, key, bucket, slot, value)"
+									  "  SELECT $1, k, $4, $5, dl FROM d WHERE dl <> 0 ORDER BY k"
+									  "  ON CONFLICT (counter_id, key, bucket, slot)"
+									  "  DO UPDATE SET value = t.value + excluded.value"
+									  "  RETURNING t.key, t.value)"
+									  " SELECT w.key FROM w JOIN d ON d.k = w.key"
+									  " WHERE abs(w.value) >= 1099511627776"
+									  " OR abs(d.dl) >= 1099511627776",
+									  5, argtypes),
+						  values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "counter batch increment failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		uint64		n = SPI_processed;
+		int64	   *check = palloc(sizeof(int64) * n);
+		uint64		j;
+		bool		isnull;
+
+		for (j = 0; j < n; j++)
+			check[j] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		for (j = 0; j < n; j++)
+			CounterCheckTotal(&def, check[j]);
+	}
+	CounterLeave(&scope);
+	PG_RETURN_INT64(nkeys);
+}
+
+/* counter.key_id(counter, key text): the stable id of a text key, or null. */
+Datum
+counter_key_id(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	int64		id;
+
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	if (def.key_type != COUNTER_KEY_TEXT)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("counter \"%s\" has bigint keys", def.name)));
+	id = CounterTextKeyId(&def, PG_GETARG_TEXT_PP(1), false);
+	if (id < 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(id);
+}
