@@ -153,28 +153,31 @@ COMMENT ON VIEW @extschema@.counters IS 'declared counters and their settings';
 CREATE FUNCTION @extschema@.incr(
 	counter @extschema@.counter,
 	key bigint,
-	delta bigint DEFAULT 1)
+	delta bigint DEFAULT 1,
+	at timestamptz DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'counter_incr' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, bigint, bigint) IS
-	'add delta to a key, in the current transaction; true when counted';
+COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz) IS
+	'add delta to a key at time at (default: now), in the current transaction; true when counted';
 
 CREATE FUNCTION @extschema@.incr(
 	counter @extschema@.counter,
 	key text,
-	delta bigint DEFAULT 1)
+	delta bigint DEFAULT 1,
+	at timestamptz DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'counter_incr' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, text, bigint) IS
+COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, text, bigint, timestamptz) IS
 	'add delta to a text key (or a bigint key spelt as text); true when counted';
 
 CREATE FUNCTION @extschema@.incr_many(
 	counter @extschema@.counter,
 	keys bigint[],
-	deltas bigint[] DEFAULT NULL)
+	deltas bigint[] DEFAULT NULL,
+	at timestamptz DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'counter_incr_many' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.incr_many(@extschema@.counter, bigint[], bigint[]) IS
+COMMENT ON FUNCTION @extschema@.incr_many(@extschema@.counter, bigint[], bigint[], timestamptz) IS
 	'add deltas[i] (default 1) to keys[i] in one statement; returns the number applied';
 
 -- Reading -------------------------------------------------------------------
@@ -239,9 +242,9 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.create(text, text, integer, text),
 	@extschema@.alter(@extschema@.counter, text, integer),
 	@extschema@.drop(@extschema@.counter),
-	@extschema@.incr(@extschema@.counter, bigint, bigint),
-	@extschema@.incr(@extschema@.counter, text, bigint),
-	@extschema@.incr_many(@extschema@.counter, bigint[], bigint[]),
+	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz),
+	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz),
+	@extschema@.incr_many(@extschema@.counter, bigint[], bigint[], timestamptz),
 	@extschema@.get(@extschema@.counter, bigint),
 	@extschema@.get(@extschema@.counter, text),
 	@extschema@.get_many(@extschema@.counter, bigint[]),

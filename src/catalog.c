@@ -153,6 +153,61 @@ CounterPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
+/*
+ * Raise 22003 for a key whose total would leave (or, when reading, has left)
+ * the range of bigint.  key NULL means "some key of a batch".
+ */
+void
+CounterOverflow(const CounterDef *def, const int64 *key, bool reading)
+{
+	if (reading)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("total of counter \"%s\" is out of range for bigint",
+						def->name)));
+	if (key == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("counter \"%s\" would overflow", def->name),
+				 errdetail("A key's total would leave the range of bigint; nothing was counted.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("counter \"%s\" would overflow for key " INT64_FORMAT,
+					def->name, *key),
+			 errdetail("The total would leave the range of bigint; nothing was counted.")));
+}
+
+/*
+ * Run a plan inside the scope; an int8 overflow inside it is reported as the
+ * counter's overflow instead of a bare "bigint out of range" with our SQL as
+ * context.  The transaction is aborting anyway, so re-throwing is safe.
+ */
+int
+CounterExecGuarded(const CounterDef *def, const int64 *key, bool reading,
+				   SPIPlanPtr plan, Datum *values)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int			rc = 0;
+
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, values, NULL, reading, 0);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE)
+			PG_RE_THROW();
+		FlushErrorState();
+		CounterOverflow(def, key, reading);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
 /* Text form of a mode, as stored in counter.definition. */
 const char *
 CounterModeName(CounterMode mode)
@@ -282,7 +337,11 @@ CounterCacheStore(const CounterDef *def)
 	ne->def = *def;
 }
 
-/* Load one definition by id or by name through SPI; false if absent. */
+/*
+ * Load one definition by id or by name through SPI; false if absent.  It
+ * runs under a fresh snapshot so a counter created earlier in the same
+ * statement (counter.create's own result) is found.
+ */
 static bool
 CounterLoad(int32 id, const char *name, CounterDef *def)
 {
@@ -300,7 +359,7 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 										  "SELECT id, name, mode, slots, key_type, owner::oid"
 										  " FROM counter.definition WHERE id = $1",
 										  1, argtypes),
-							  values, NULL, true, 1);
+							  values, NULL, false, 1);
 	}
 	else
 	{
@@ -311,7 +370,7 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 										  "SELECT id, name, mode, slots, key_type, owner::oid"
 										  " FROM counter.definition WHERE name = $1",
 										  1, argtypes),
-							  values, NULL, true, 1);
+							  values, NULL, false, 1);
 	}
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading counter definition failed: %s",
@@ -509,8 +568,8 @@ counter_alter(PG_FUNCTION_ARGS)
 	}
 	CounterEnter(&scope);
 	CounterExec("UPDATE counter.definition SET"
-				" mode = pg_catalog.coalesce($2, mode),"
-				" slots = pg_catalog.coalesce($3, slots)"
+				" mode = coalesce($2, mode),"
+				" slots = coalesce($3, slots)"
 				" WHERE id = $1",
 				3, argtypes, values, nulls);
 	CounterLeave(&scope);

@@ -65,6 +65,10 @@ extern void CounterLeave(CounterScope *scope);
 extern SPIPlanPtr CounterPlan(SPIPlanPtr *cache, const char *sql,
 							  int nargs, Oid *argtypes);
 extern const char *CounterModeName(CounterMode mode);
+extern void CounterOverflow(const CounterDef *def, const int64 *key,
+							bool reading) pg_attribute_noreturn();
+extern int	CounterExecGuarded(const CounterDef *def, const int64 *key,
+							   bool reading, SPIPlanPtr plan, Datum *values);
 extern void CounterCheckName(const char *name);
 
 /* write.c */

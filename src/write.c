@@ -11,11 +11,13 @@
  * insert-only deltas.  A key's total is the sum of all its rows; rows of one
  * minute carry that minute's count, which windows are built on.
  *
- * Overflow: each row's addition is checked by int8 arithmetic; when a row or
- * a delta reaches COUNTER_CHECK_THRESHOLD the whole key is summed and an
- * increment that would take the total outside bigint fails with 22003.
- * Below the threshold the total cannot leave bigint unless a key holds more
- * than 2^23 rows, which compaction rules out.
+ * Overflow: each row's addition is checked by int8 arithmetic.  When a row
+ * or a delta reaches COUNTER_CHECK_THRESHOLD (2^40) the key gets a marker row
+ * and from then on every increment of it locks the marker and sums the key,
+ * failing with 22003 if the total would leave bigint.  A key without a marker
+ * has only rows below 2^40, so its total cannot leave bigint unless it holds
+ * more than 2^23 rows, which compaction rules out.  Reads sum in numeric and
+ * never wrap.
  */
 #include "counter.h"
 
@@ -35,6 +37,7 @@ PG_FUNCTION_INFO_V1(counter_key_id);
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_total = NULL;
 static SPIPlanPtr plan_many = NULL;
+static SPIPlanPtr plan_marker = NULL;
 static SPIPlanPtr plan_key_find = NULL;
 static SPIPlanPtr plan_key_make = NULL;
 
@@ -47,38 +50,86 @@ CounterSlot(const CounterDef *def)
 	return (int16) ((MyBackendId > 0 ? MyBackendId - 1 : MyProcPid) % def->slots);
 }
 
-/* The minute an increment made now is attributed to. */
+/*
+ * The minute an increment is attributed to: that of argument argno (`at`)
+ * when given, else the transaction's start.  Backfills may reach any past
+ * minute; a time more than a minute ahead of the clock is refused.
+ */
 static TimestampTz
-CounterBucketNow(void)
+CounterBucketArg(FunctionCallInfo fcinfo, int argno)
 {
-	return CounterMinute(GetCurrentTransactionStartTimestamp());
+	TimestampTz at;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return CounterMinute(GetCurrentTransactionStartTimestamp());
+	at = PG_GETARG_TIMESTAMPTZ(argno);
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("increment time must be finite")));
+	if (at > GetCurrentTimestamp() + USECS_PER_MINUTE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("increment time is in the future"),
+				 errdetail("Time %s is more than one minute ahead of the server clock.",
+						   timestamptz_to_str(at))));
+	return CounterMinute(at);
 }
 
-/* Fail with 22003 if the key's total has left the range of bigint. */
+/*
+ * Lock the key's marker row, creating it if needed.  The marker (bucket
+ * -infinity, slot 0, value 0) says that some row of the key once reached
+ * COUNTER_CHECK_THRESHOLD; from then on every writer of the key takes this
+ * lock and checks the total, so writers of big keys serialize and the check
+ * is exact.
+ */
 static void
-CounterCheckTotal(const CounterDef *def, int64 key)
+CounterLockKey(const CounterDef *def, int64 key)
 {
 	Oid			argtypes[2] = {INT4OID, INT8OID};
 	Datum		values[2] = {Int32GetDatum(def->id), Int64GetDatum(key)};
+	int			rc;
+
+	rc = SPI_execute_plan(CounterPlan(&plan_marker,
+									  "INSERT INTO counter.tally AS t"
+									  " (counter_id, key, bucket, slot, value)"
+									  " VALUES ($1, $2, '-infinity', 0, 0)"
+									  " ON CONFLICT (counter_id, key, bucket, slot)"
+									  " DO UPDATE SET value = t.value",
+									  2, argtypes),
+						  values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "counter key lock failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * With the key locked, fail with 22003 if its total plus pending (not yet
+ * written) is outside bigint.  Runs under a fresh snapshot, so it sees every
+ * increment committed by the key's previous lock holders.
+ */
+static void
+CounterCheckTotal(const CounterDef *def, int64 key, int64 pending)
+{
+	Oid			argtypes[3] = {INT4OID, INT8OID, INT8OID};
+	Datum		values[3] = {Int32GetDatum(def->id), Int64GetDatum(key),
+	Int64GetDatum(pending)};
 	bool		isnull;
 	int			rc;
 
+	CounterLockKey(def, key);
 	rc = SPI_execute_plan(CounterPlan(&plan_total,
 									  "SELECT s > 9223372036854775807::numeric"
 									  " OR s < (-9223372036854775808)::numeric"
-									  " FROM (SELECT sum(value) AS s FROM counter.tally"
+									  " FROM (SELECT coalesce(sum(value), 0) + $3 AS s"
+									  " FROM counter.tally"
 									  " WHERE counter_id = $1 AND key = $2) AS t",
-									  2, argtypes),
-						  values, NULL, true, 1);
+									  3, argtypes),
+						  values, NULL, false, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "counter total check failed: %s", SPI_result_code_string(rc));
 	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 								   SPI_tuptable->tupdesc, 1, &isnull)))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("counter \"%s\" would overflow for key " INT64_FORMAT,
-						def->name, key),
-				 errdetail("The total would leave the range of bigint; nothing was counted.")));
+		CounterOverflow(def, &key, false);
 }
 
 /* Whether a value is large enough that the key's total must be checked. */
@@ -90,34 +141,45 @@ CounterNeedsCheck(int64 v)
 
 /* Add delta to the key's row for this minute and slot (inside the scope). */
 static void
-CounterApply(const CounterDef *def, int64 key, int64 delta)
+CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 {
 	Oid			argtypes[5] = {INT4OID, INT8OID, TIMESTAMPTZOID, INT2OID, INT8OID};
 	Datum		values[5];
 	bool		isnull;
+	bool		checked = false;
 	int64		row;
+	bool		marked;
 	int			rc;
 
+	if (CounterNeedsCheck(delta))
+	{
+		CounterCheckTotal(def, key, delta);
+		checked = true;
+	}
 	values[0] = Int32GetDatum(def->id);
 	values[1] = Int64GetDatum(key);
-	values[2] = TimestampTzGetDatum(CounterBucketNow());
+	values[2] = TimestampTzGetDatum(bucket);
 	values[3] = Int16GetDatum(CounterSlot(def));
 	values[4] = Int64GetDatum(delta);
-	rc = SPI_execute_plan(CounterPlan(&plan_upsert,
-									  "INSERT INTO counter.tally AS t"
-									  " (counter_id, key, bucket, slot, value)"
-									  " VALUES ($1, $2, $3, $4, $5)"
-									  " ON CONFLICT (counter_id, key, bucket, slot)"
-									  " DO UPDATE SET value = t.value + excluded.value"
-									  " RETURNING t.value",
-									  5, argtypes),
-						  values, NULL, false, 1);
+	rc = CounterExecGuarded(def, &key, false, CounterPlan(&plan_upsert,
+														  "INSERT INTO counter.tally AS t"
+														  " (counter_id, key, bucket, slot, value)"
+														  " VALUES ($1, $2, $3, $4, $5)"
+														  " ON CONFLICT (counter_id, key, bucket, slot)"
+														  " DO UPDATE SET value = t.value + excluded.value"
+														  " RETURNING t.value, EXISTS (SELECT FROM counter.tally m"
+														  "  WHERE m.counter_id = $1 AND m.key = $2"
+														  "  AND m.bucket = '-infinity' AND m.slot = 0)",
+														  5, argtypes),
+							values);
 	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "counter increment failed: %s", SPI_result_code_string(rc));
 	row = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
-	if (CounterNeedsCheck(row) || CounterNeedsCheck(delta))
-		CounterCheckTotal(def, key);
+	marked = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 2, &isnull));
+	if (!checked && (marked || CounterNeedsCheck(row)))
+		CounterCheckTotal(def, key, 0);
 }
 
 /*
@@ -252,9 +314,9 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 }
 
 /*
- * counter.incr(counter, key, delta): add delta to key, attributed to the
- * current minute, inside the caller's transaction.  Returns true when
- * counted.
+ * counter.incr(counter, key, delta, at): add delta to key, attributed to the
+ * minute of `at` (default: the transaction's start), inside the caller's
+ * transaction.  Returns true when counted.
  */
 Datum
 counter_incr(PG_FUNCTION_ARGS)
@@ -263,6 +325,7 @@ counter_incr(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	int64		key;
 	int64		delta;
+	TimestampTz bucket;
 	bool		known;
 
 	CounterNotNull(fcinfo, 0, "counter");
@@ -270,11 +333,12 @@ counter_incr(PG_FUNCTION_ARGS)
 	CounterNotNull(fcinfo, 2, "delta");
 	CounterGetById(PG_GETARG_INT32(0), &def);
 	delta = PG_GETARG_INT64(2);
+	bucket = CounterBucketArg(fcinfo, 3);
 
 	CounterEnter(&scope);
 	key = CounterKeyArg(fcinfo, 1, &def, true, &known);
 	if (delta != 0)
-		CounterApply(&def, key, delta);
+		CounterApply(&def, key, delta, bucket);
 	CounterLeave(&scope);
 	PG_RETURN_BOOL(true);
 }
@@ -302,7 +366,7 @@ CounterUnpackInt8Array(ArrayType *arr, const char *what, Datum **elems)
 }
 
 /*
- * counter.incr_many(counter, keys, deltas): add deltas[i] to keys[i] for
+ * counter.incr_many(counter, keys, deltas, at): add deltas[i] to keys[i] for
  * every i in one statement (deltas null means 1 each).  Keys are summed and
  * written in key order, so two batches never deadlock on each other.
  * Returns the number of increments applied.
@@ -354,11 +418,11 @@ counter_incr_many(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(def.id);
 	values[1] = PointerGetDatum(PG_GETARG_ARRAYTYPE_P(1));
 	values[2] = PointerGetDatum(deltas_arr);
-	values[3] = TimestampTzGetDatum(CounterBucketNow());
+	values[3] = TimestampTzGetDatum(CounterBucketArg(fcinfo, 3));
 	values[4] = Int16GetDatum(CounterSlot(&def));
 
 	CounterEnter(&scope);
-	rc = SPI_execute_plan(CounterPlan(&plan_many,
+	rc = CounterExecGuarded(&def, NULL, false, CounterPlan(&plan_many,
 									  "WITH d AS ("
 									  "  SELECT k, sum(dl)::int8 AS dl"
 									  "  FROM unnest($2, $3) AS u(k, dl) GROUP BY k),"
@@ -371,9 +435,13 @@ counter_incr_many(PG_FUNCTION_ARGS)
 									  "  RETURNING t.key, t.value)"
 									  " SELECT w.key FROM w JOIN d ON d.k = w.key"
 									  " WHERE abs(w.value) >= 1099511627776"
-									  " OR abs(d.dl) >= 1099511627776",
+									  " OR abs(d.dl) >= 1099511627776"
+									  " OR EXISTS (SELECT FROM counter.tally m"
+									  "  WHERE m.counter_id = $1 AND m.key = w.key"
+									  "  AND m.bucket = '-infinity' AND m.slot = 0)"
+									  " ORDER BY w.key",
 									  5, argtypes),
-						  values, NULL, false, 0);
+							values);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "counter batch increment failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed > 0)
@@ -387,7 +455,7 @@ counter_incr_many(PG_FUNCTION_ARGS)
 			check[j] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j],
 												   SPI_tuptable->tupdesc, 1, &isnull));
 		for (j = 0; j < n; j++)
-			CounterCheckTotal(&def, check[j]);
+			CounterCheckTotal(&def, check[j], 0);
 	}
 	CounterLeave(&scope);
 	PG_RETURN_INT64(nkeys);

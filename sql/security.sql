@@ -1,0 +1,83 @@
+-- Privileges follow ordinary GRANTs, counters belong to their creator, and a
+-- hostile search_path cannot reach the extension's own queries.
+
+SELECT counter.create('sec');
+SELECT counter.incr('sec', 1, 5);
+
+CREATE ROLE counter_app;
+CREATE ROLE counter_reader;
+CREATE ROLE counter_admin;
+CREATE ROLE counter_nobody;
+
+GRANT USAGE ON SCHEMA counter TO counter_app, counter_reader, counter_admin, counter_nobody;
+GRANT EXECUTE ON FUNCTION counter.incr(counter.counter, bigint, bigint, timestamptz),
+                          counter.get(counter.counter, bigint) TO counter_app;
+GRANT EXECUTE ON FUNCTION counter.get(counter.counter, bigint) TO counter_reader;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA counter TO counter_admin;
+
+-- Nobody: may list counters, nothing else; the tables are private.
+SET ROLE counter_nobody;
+SELECT name FROM counter.counters WHERE name = 'sec';
+SELECT counter.get('sec', 1);
+SELECT counter.incr('sec', 1);
+SELECT count(*) FROM counter.tally;
+SELECT counter.create('mine');
+RESET ROLE;
+
+-- The reader reads, and may not write.
+SET ROLE counter_reader;
+SELECT counter.get('sec', 1) AS five;
+SELECT counter.incr('sec', 1);
+RESET ROLE;
+
+-- The app writes and reads, and may not change the counter.
+SET ROLE counter_app;
+SELECT counter.incr('sec', 1);
+SELECT counter.get('sec', 1) AS six;
+SELECT counter.alter('sec', mode => 'direct');
+SELECT counter.drop('sec');
+RESET ROLE;
+
+-- The admin creates counters it owns; others' counters stay out of reach.
+SET ROLE counter_admin;
+SELECT counter.create('admins');
+SELECT owner FROM counter.counters WHERE name = 'admins';
+SELECT counter.alter('admins', slots => 2);
+\set VERBOSITY terse
+SELECT counter.alter('sec', slots => 2);
+SELECT counter.drop('sec');
+\set VERBOSITY default
+RESET ROLE;
+
+-- Members of the owning role may manage its counters.
+GRANT counter_admin TO counter_app;
+SET ROLE counter_app;
+SELECT counter.alter('admins', mode => 'direct');
+RESET ROLE;
+SELECT name, mode, slots FROM counter.counters WHERE name IN ('admins', 'sec') ORDER BY name;
+
+-- A hostile search_path: shadow bigint addition, sum() and the tables.
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.int8pl(bigint, bigint) RETURNS bigint LANGUAGE sql
+	AS 'SELECT 1000000::bigint';
+CREATE OPERATOR evil.+ (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.int8pl);
+CREATE FUNCTION evil.sum(bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 1000000::bigint';
+CREATE TABLE evil.tally (counter_id int, key bigint, bucket timestamptz, slot smallint, value bigint);
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+SET search_path = evil, pg_catalog;
+SELECT counter.incr('sec', 1, 4);
+SELECT counter.get('sec', 1) AS ten;
+SELECT counter.window('sec', 1, '1 hour') AS ten_in_the_hour;
+SELECT counter.incr_many('sec', ARRAY[1], ARRAY[1]);
+SELECT counter.create('evil_path');
+RESET search_path;
+SELECT count(*) AS evil_untouched FROM evil.tally;
+SELECT counter.get('sec', 1) AS eleven;
+
+-- Clean up the roles (their counters go first).
+SELECT counter.drop('admins');
+DROP SCHEMA evil CASCADE;
+REVOKE counter_admin FROM counter_app;
+REVOKE ALL ON SCHEMA counter FROM counter_app, counter_reader, counter_admin, counter_nobody;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA counter FROM counter_app, counter_reader, counter_admin;
+DROP ROLE counter_app, counter_reader, counter_admin, counter_nobody;

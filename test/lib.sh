@@ -1,0 +1,294 @@
+# test/lib.sh: shared shell plumbing for the test runner, the demo and the
+# benchmarks.  Source it from a bash script running with `set -euo pipefail`.
+#
+# It installs what the project needs, builds and installs the extension, and
+# runs a private PostgreSQL 15 cluster (and, on request, a private Redis) in a
+# throwaway directory, as an unprivileged user: Postgres refuses to run as
+# root, and the repository may sit where that user cannot read (CI clones as
+# root into /root/...), so whatever the server or pg_regress must read is
+# copied under $COUNTER_WORK first.
+#
+# All state lives in exported variables and in files under $COUNTER_WORK, so
+# the stop and cleanup functions are idempotent and safe to call from traps.
+#
+#   counter_deps                  install missing packages (apt-get, as root)
+#   counter_build                 make && make install the extension
+#   counter_pg_user               the OS user that runs the servers
+#   counter_as_pg CMD...          run CMD as that user, PG* etc. passed along
+#   counter_workdir               create $COUNTER_WORK once
+#   counter_stage                 copy the test inputs to $COUNTER_SRC
+#   counter_free_port             a free TCP port on 127.0.0.1
+#   counter_pg_start [LINE...]    initdb + start the private cluster
+#   counter_pg_stop               stop it, if running
+#   counter_redis_start / _stop   a private redis-server, as $REDIS_PORT
+#   counter_cleanup               stop everything started
+#   counter_psql ARGS...          psql against the private cluster
+#   counter_now_ms                wall clock in milliseconds, for timings
+
+COUNTER_PG_BIN=/usr/lib/postgresql/15/bin
+COUNTER_PG_CONFIG=$COUNTER_PG_BIN/pg_config
+COUNTER_PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+# The repository root: this file lives in <root>/test.
+COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Packages the build, the tests and the demo need (Debian 12 names).
+COUNTER_PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15
+	postgresql-contrib libhiredis-dev redis-server libipc-run-perl)
+
+# Print a progress message.
+counter_say() {
+	printf '%s\n' "-- $*"
+}
+
+# Print an error and leave the script (or the subshell it was called from).
+counter_die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+# Milliseconds since the epoch; bash's own clock, so no process is spawned.
+counter_now_ms() {
+	local us=${EPOCHREALTIME//[.,]/}
+	echo $((us / 1000))
+}
+
+# Install whatever is missing of COUNTER_PACKAGES, refreshing apt's lists
+# only when something is.  Needs root only when there is work to do.
+counter_deps() {
+	local pkg missing=()
+
+	command -v dpkg-query >/dev/null ||
+		counter_die "dpkg-query not found: install ${COUNTER_PACKAGES[*]} (or their equivalents) by hand"
+	for pkg in "${COUNTER_PACKAGES[@]}"; do
+		[[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true) == "install ok installed" ]] ||
+			missing+=("$pkg")
+	done
+	# pgbench's package has moved between releases; what matters is the file.
+	if [[ ! -x $COUNTER_PG_BIN/pgbench && " ${missing[*]} " != *" postgresql-contrib "* ]]; then
+		missing+=(postgresql-contrib)
+	fi
+	((${#missing[@]} == 0)) && return 0
+
+	((EUID == 0)) ||
+		counter_die "missing packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}"
+	counter_say "installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	[[ -x $COUNTER_PG_BIN/pgbench ]] || counter_die "pgbench still missing at $COUNTER_PG_BIN/pgbench"
+}
+
+# Build the extension in the repository and install it into PostgreSQL 15.
+# Compiler warnings stay visible; any error stops the caller.
+counter_build() {
+	local sudo=()
+
+	counter_say "building and installing the extension"
+	# A developer without root installs through sudo; CI runs as root.
+	if ((EUID != 0)) && [[ ! -w $("$COUNTER_PG_CONFIG" --pkglibdir) ]]; then
+		sudo=(sudo)
+	fi
+	(
+		cd "$COUNTER_ROOT"
+		make -s PG_CONFIG="$COUNTER_PG_CONFIG"
+		"${sudo[@]}" make -s install PG_CONFIG="$COUNTER_PG_CONFIG"
+	) || counter_die "build failed"
+}
+
+# The unprivileged OS user that runs the servers and the test tools.
+counter_pg_user() {
+	if ((EUID == 0)); then
+		echo postgres
+	else
+		id -un
+	fi
+}
+
+# Run CMD as counter_pg_user, with the PostgreSQL 15 binaries first on PATH
+# and our PG*, REDIS_* and COUNTER_* variables passed along explicitly.  As
+# root, a working directory outside $COUNTER_WORK is swapped for
+# $COUNTER_WORK (or /), because the repository may be unreadable to that user.
+counter_as_pg() {
+	local name dir=$PWD
+	local -a vars=("PATH=$COUNTER_PG_BIN:$PATH")
+
+	for name in $(compgen -e); do
+		case $name in
+		PG* | REDIS_* | COUNTER_*) vars+=("$name=${!name}") ;;
+		esac
+	done
+	if ((EUID != 0)); then
+		env "${vars[@]}" "$@"
+		return
+	fi
+	case $dir/ in
+	"${COUNTER_WORK:-/nonexistent}"/*) ;;
+	*) dir=${COUNTER_WORK:-/} ;;
+	esac
+	(cd "$dir" && exec runuser -u postgres -- env "${vars[@]}" "$@")
+}
+
+# Create the private work directory once, owned by the pg user, and export
+# its path as COUNTER_WORK.
+counter_workdir() {
+	[[ -n ${COUNTER_WORK:-} && -d $COUNTER_WORK ]] && return 0
+	COUNTER_WORK=$(mktemp -d /tmp/counter.XXXXXX)
+	export COUNTER_WORK
+	if ((EUID == 0)); then
+		chown "$(counter_pg_user):" "$COUNTER_WORK"
+	fi
+}
+
+# Copy what pg_regress, the isolation tester and the TAP tests read into
+# $COUNTER_WORK/src (exported as COUNTER_SRC), owned by the pg user.
+counter_stage() {
+	local item
+	local -a items=()
+
+	counter_workdir
+	export COUNTER_SRC=$COUNTER_WORK/src
+	rm -rf "$COUNTER_SRC"
+	mkdir -p "$COUNTER_SRC"
+	for item in Makefile counter.control counter--*.sql sql expected specs \
+		input output data test; do
+		[[ -e $COUNTER_ROOT/$item ]] && items+=("$COUNTER_ROOT/$item")
+	done
+	cp -R "${items[@]}" "$COUNTER_SRC/"
+	if ((EUID == 0)); then
+		chown -R "$(counter_pg_user):" "$COUNTER_SRC"
+	fi
+}
+
+# Whether something listens on TCP port $1 (any address).
+counter_port_busy() {
+	if command -v ss >/dev/null; then
+		[[ -n $(ss -Hltn "sport = :$1") ]]
+	else
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+	fi
+}
+
+# Echo a TCP port in 20000-60000 that nothing listens on.
+counter_free_port() {
+	local try port
+	for try in {1..200}; do
+		port=$((20000 + RANDOM % 40001))
+		if ! counter_port_busy "$port"; then
+			echo "$port"
+			return 0
+		fi
+	done
+	counter_die "no free TCP port found"
+}
+
+# Whether the private cluster is running.
+counter_pg_running() {
+	[[ -n ${COUNTER_WORK:-} && -f $COUNTER_WORK/pgdata/PG_VERSION ]] &&
+		counter_as_pg pg_ctl status -D "$COUNTER_WORK/pgdata" >/dev/null 2>&1
+}
+
+# Create and start the private cluster in $COUNTER_WORK/pgdata; each argument
+# is one more postgresql.conf line.  Exports PGHOST, PGPORT, PGUSER and
+# PGDATABASE so that psql, pgbench and pg_regress reach it.
+counter_pg_start() {
+	local pgdata port line
+
+	counter_workdir
+	pgdata=$COUNTER_WORK/pgdata
+	counter_pg_running && counter_die "the private cluster is already running"
+	port=$(counter_free_port)
+	if [[ ! -f $pgdata/PG_VERSION ]]; then
+		# The superuser is always "postgres", whoever runs it, so that
+		# test output naming roles does not depend on the machine.
+		counter_as_pg initdb -D "$pgdata" -U postgres -A trust --no-sync \
+			-E UTF8 --locale=C.UTF-8 >"$COUNTER_WORK/initdb.log" 2>&1 || {
+			cat "$COUNTER_WORK/initdb.log" >&2
+			counter_die "initdb failed"
+		}
+	fi
+	# Durability settings stay at their defaults: benchmarks need them real.
+	{
+		echo
+		echo "# Added by counter's test/lib.sh"
+		echo "port = $port"
+		echo "unix_socket_directories = '$COUNTER_WORK'"
+		echo "listen_addresses = '127.0.0.1'"
+		echo "max_connections = 200"
+		echo "shared_buffers = 256MB"
+		for line in "$@"; do
+			echo "$line"
+		done
+	} >>"$pgdata/postgresql.conf"
+
+	counter_say "starting PostgreSQL on port $port (data in $pgdata)"
+	if ! counter_as_pg pg_ctl start -D "$pgdata" -w -t 60 \
+		-l "$COUNTER_WORK/pg.log" >/dev/null; then
+		tail -n 30 "$COUNTER_WORK/pg.log" >&2 || true
+		counter_die "PostgreSQL did not start (log: $COUNTER_WORK/pg.log)"
+	fi
+	export PGHOST=$COUNTER_WORK PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+}
+
+# Stop the private cluster if it runs.
+counter_pg_stop() {
+	counter_pg_running || return 0
+	counter_as_pg pg_ctl stop -D "$COUNTER_WORK/pgdata" -m fast -w >/dev/null
+}
+
+# The pid of our private redis-server, if it runs.
+counter_redis_pid() {
+	local pidfile=${COUNTER_WORK:-/nonexistent}/redis/redis.pid pid
+	[[ -f $pidfile ]] || return 1
+	pid=$(<"$pidfile")
+	[[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server* ]] || return 1
+	echo "$pid"
+}
+
+# Start a private redis-server on a free loopback port, with no persistence,
+# as the pg user; exports REDIS_PORT.
+counter_redis_start() {
+	local dir port try
+
+	counter_workdir
+	dir=$COUNTER_WORK/redis
+	counter_redis_pid >/dev/null && counter_die "the private redis-server is already running"
+	counter_as_pg mkdir -p "$dir"
+	port=$(counter_free_port)
+	counter_as_pg redis-server --port "$port" --bind 127.0.0.1 --save '' \
+		--appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
+		--dir "$dir" --logfile "$dir/redis.log" ||
+		counter_die "redis-server did not start"
+	for try in {1..100}; do
+		if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+			export REDIS_PORT=$port
+			counter_say "started redis-server on port $port"
+			return 0
+		fi
+		sleep 0.1
+	done
+	tail -n 20 "$dir/redis.log" >&2 || true
+	counter_die "redis-server on port $port does not answer"
+}
+
+# Stop our private redis-server if it runs: politely, then by its pid.
+counter_redis_stop() {
+	local pid try
+	pid=$(counter_redis_pid) || return 0
+	redis-cli -p "${REDIS_PORT:-0}" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+	for try in {1..50}; do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Stop everything this library started; never fails, so it suits a trap.
+counter_cleanup() {
+	counter_redis_stop || true
+	counter_pg_stop || true
+}
+
+# psql against the private cluster, stopping at the first error.
+counter_psql() {
+	counter_as_pg psql -X -v ON_ERROR_STOP=1 "$@"
+}
