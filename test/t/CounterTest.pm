@@ -1,0 +1,59 @@
+# Helpers shared by counter's TAP tests: a node with the extension, and
+# pgbench runs in the background so a test can act while load is on.
+package CounterTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(counter_node pgbench_start pgbench_finish query_int);
+
+# A started node with counter installed in database postgres.
+sub counter_node
+{
+	my ($name, @conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		join("\n", 'max_connections = 100', @conf) . "\n");
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION counter');
+	return $node;
+}
+
+# Start pgbench on $node running $sql as its only script; returns a handle.
+sub pgbench_start
+{
+	my ($node, $sql, @opts) = @_;
+	my $script = $node->basedir . '/bench_' . int(rand(1e9)) . '.sql';
+	PostgreSQL::Test::Utils::append_to_file($script, $sql);
+	my ($out, $err) = ('', '');
+	local $ENV{PGHOST} = $node->host;
+	local $ENV{PGPORT} = $node->port;
+	my $h = IPC::Run::start(
+		[ 'pgbench', '-n', '-f', $script, @opts, 'postgres' ],
+		'>', \$out, '2>', \$err);
+	return { h => $h, out => \$out, err => \$err };
+}
+
+# Wait for a pgbench started by pgbench_start; returns (exit ok, stdout, stderr).
+sub pgbench_finish
+{
+	my ($run) = @_;
+	my $ok = eval { $run->{h}->finish; 1 } && $run->{h}->result == 0;
+	return ($ok, ${ $run->{out} }, ${ $run->{err} });
+}
+
+# One integer from a query.
+sub query_int
+{
+	my ($node, $sql) = @_;
+	return 0 + $node->safe_psql('postgres', $sql);
+}
+
+1;
