@@ -89,7 +89,12 @@ CREATE TABLE @extschema@.tally (
 	PRIMARY KEY (counter_id, key, bucket, slot)
 ) WITH (fillfactor = 70);
 COMMENT ON TABLE @extschema@.tally IS
-	'counts per counter, key, minute and slot row';
+	'counts per counter, key, bucket and slot; slot >= 0: a writer''s minute row, -1: compacted minute, -2: hour, -3: day, -4: minute folded from the buffer; (-infinity, 0) marks a key near the bigint limit';
+
+-- The worker's compaction finds rows by age, per kind of row.
+CREATE INDEX tally_live ON @extschema@.tally (bucket) WHERE slot >= 0 OR slot = -4;
+CREATE INDEX tally_minute ON @extschema@.tally (bucket) WHERE slot = -1;
+CREATE INDEX tally_hour ON @extschema@.tally (bucket) WHERE slot = -2;
 
 CREATE SEQUENCE @extschema@.text_key_id_seq AS bigint;
 
@@ -182,16 +187,22 @@ COMMENT ON FUNCTION @extschema@.incr_many(@extschema@.counter, bigint[], bigint[
 
 -- Reading -------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.get(counter @extschema@.counter, key bigint)
+CREATE FUNCTION @extschema@.get(
+	counter @extschema@.counter,
+	key bigint,
+	max_age interval DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'counter_get' LANGUAGE C STABLE;
-COMMENT ON FUNCTION @extschema@.get(@extschema@.counter, bigint) IS
-	'exact total of a key, own uncommitted increments included; 0 if never counted';
+COMMENT ON FUNCTION @extschema@.get(@extschema@.counter, bigint, interval) IS
+	'exact total of a key, own uncommitted increments included; 0 if never counted; with max_age, may come from a cache no older than that';
 
-CREATE FUNCTION @extschema@.get(counter @extschema@.counter, key text)
+CREATE FUNCTION @extschema@.get(
+	counter @extschema@.counter,
+	key text,
+	max_age interval DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'counter_get' LANGUAGE C STABLE;
-COMMENT ON FUNCTION @extschema@.get(@extschema@.counter, text) IS
+COMMENT ON FUNCTION @extschema@.get(@extschema@.counter, text, interval) IS
 	'exact total of a text key; 0 if never counted';
 
 CREATE FUNCTION @extschema@.get_many(counter @extschema@.counter, keys bigint[])
@@ -232,6 +243,59 @@ AS 'MODULE_PATHNAME', 'counter_key_id' LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION @extschema@.key_id(@extschema@.counter, text) IS
 	'stable bigint id of a text key, or null if the key was never counted';
 
+-- The worker, statistics and maintenance -------------------------------------
+
+CREATE FUNCTION @extschema@.flush()
+RETURNS void
+AS 'MODULE_PATHNAME', 'counter_flush' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.flush() IS
+	'have the worker fold committed buffered increments into the tables now, and wait for it';
+
+CREATE FUNCTION @extschema@.compact(now timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'counter_compact' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.compact(timestamptz) IS
+	'merge slot rows and roll old minutes up to hours and days now, as the worker does; returns rows moved';
+
+CREATE FUNCTION @extschema@.stats_raw(
+	OUT counter_id integer, OUT direct bigint, OUT sharded bigint,
+	OUT buffered bigint, OUT fallback bigint, OUT folded bigint,
+	OUT cache_hits bigint, OUT pending bigint, OUT pending_keys bigint,
+	OUT last_fold timestamptz, OUT errors bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_stats_raw' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION @extschema@.worker_status(
+	OUT pid integer, OUT state text, OUT last_loop timestamptz,
+	OUT last_fold timestamptz, OUT last_fold_ms float8, OUT folds bigint,
+	OUT folded_deltas bigint, OUT compacted_rows bigint, OUT errors bigint,
+	OUT last_error text, OUT last_error_at timestamptz,
+	OUT buffer_keys integer, OUT buffer_keys_max integer)
+RETURNS record
+AS 'MODULE_PATHNAME', 'counter_worker_status' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.worker_status() IS
+	'the background worker: state, last round, folds, compaction, errors, buffer use';
+
+CREATE VIEW @extschema@.stats AS
+	SELECT d.name, d.mode,
+		coalesce(s.direct + s.sharded + s.buffered + s.fallback, 0) AS increments,
+		coalesce(s.direct, 0) AS direct,
+		coalesce(s.sharded, 0) AS sharded,
+		coalesce(s.buffered, 0) AS buffered,
+		coalesce(s.fallback, 0) AS fallback,
+		coalesce(s.folded, 0) AS folded,
+		coalesce(s.pending, 0) AS pending,
+		coalesce(s.pending_keys, 0) AS pending_keys,
+		coalesce(s.cache_hits, 0) AS cache_hits,
+		s.last_fold,
+		pg_catalog.now() OPERATOR(pg_catalog.-) s.last_fold AS fold_age,
+		w.errors AS worker_errors
+	FROM @extschema@.definition AS d
+	LEFT JOIN @extschema@.stats_raw() AS s ON s.counter_id OPERATOR(pg_catalog.=) d.id
+	CROSS JOIN @extschema@.worker_status() AS w;
+COMMENT ON VIEW @extschema@.stats IS
+	'per counter since server start: committed increments by path, buffered deltas pending and folded, cache hits, last fold';
+
 -- Privileges ----------------------------------------------------------------
 -- Nothing is granted to PUBLIC but the type's own functions and the list of
 -- counters: grant USAGE on the schema and EXECUTE on what each role needs.
@@ -245,13 +309,18 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz),
 	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz),
 	@extschema@.incr_many(@extschema@.counter, bigint[], bigint[], timestamptz),
-	@extschema@.get(@extschema@.counter, bigint),
-	@extschema@.get(@extschema@.counter, text),
+	@extschema@.get(@extschema@.counter, bigint, interval),
+	@extschema@.get(@extschema@.counter, text, interval),
 	@extschema@.get_many(@extschema@.counter, bigint[]),
 	@extschema@.get_many(@extschema@.counter, text[]),
 	@extschema@.window(@extschema@.counter, bigint, interval, timestamptz),
 	@extschema@.window(@extschema@.counter, text, interval, timestamptz),
 	@extschema@.key_id(@extschema@.counter, text),
-	@extschema@.definition_changed()
+	@extschema@.definition_changed(),
+	@extschema@.flush(),
+	@extschema@.compact(timestamptz),
+	@extschema@.stats_raw(),
+	@extschema@.worker_status()
 FROM PUBLIC;
 GRANT SELECT ON @extschema@.counters TO PUBLIC;
+REVOKE ALL ON @extschema@.stats FROM PUBLIC;

@@ -1,4 +1,9 @@
 -- The SQL API: declaring counters, incrementing and reading them.
+-- This suite runs first and installs the extension afresh.
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS counter CASCADE;
+CREATE EXTENSION counter;
+RESET client_min_messages;
 
 SELECT counter.create('post_views');
 SELECT counter.create('page_hits', mode => 'direct');

@@ -28,9 +28,9 @@ SELECT counter.drop(repeat('x', 63)::counter.counter);
 SELECT pg_temp.err($$SELECT counter.create('errs')$$);
 SELECT pg_temp.err($$SELECT counter.create(NULL)$$);
 
--- Settings: 22023 for bad values, 0A000 for a mode not built yet.
+-- Settings: 22023 for bad values.
 SELECT pg_temp.err($$SELECT counter.create('e2', mode => 'fast')$$);
-SELECT pg_temp.err($$SELECT counter.create('e2', mode => 'buffered')$$);
+SELECT pg_temp.err($$SELECT counter.create('e2', mode => 'Sharded')$$);
 SELECT pg_temp.err($$SELECT counter.create('e2', slots => 0)$$);
 SELECT pg_temp.err($$SELECT counter.create('e2', slots => 1025)$$);
 SELECT pg_temp.err($$SELECT counter.create('e2', key_type => 'uuid')$$);

@@ -11,8 +11,8 @@ CREATE ROLE counter_nobody;
 
 GRANT USAGE ON SCHEMA counter TO counter_app, counter_reader, counter_admin, counter_nobody;
 GRANT EXECUTE ON FUNCTION counter.incr(counter.counter, bigint, bigint, timestamptz),
-                          counter.get(counter.counter, bigint) TO counter_app;
-GRANT EXECUTE ON FUNCTION counter.get(counter.counter, bigint) TO counter_reader;
+                          counter.get(counter.counter, bigint, interval) TO counter_app;
+GRANT EXECUTE ON FUNCTION counter.get(counter.counter, bigint, interval) TO counter_reader;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA counter TO counter_admin;
 
 -- Nobody: may list counters, nothing else; the tables are private.

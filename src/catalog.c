@@ -160,6 +160,11 @@ CounterPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 void
 CounterOverflow(const CounterDef *def, const int64 *key, bool reading)
 {
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("a counter total would leave the range of bigint"),
+				 errdetail("Nothing was counted.")));
 	if (reading)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -233,14 +238,14 @@ CounterParseMode(const char *s)
 	if (strcmp(s, "sharded") == 0)
 		return COUNTER_MODE_SHARDED;
 	if (strcmp(s, "buffered") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("buffered mode is not available in this version of counter"),
-				 errhint("Use mode 'sharded' or 'direct'.")));
+	{
+		CounterRequireBufferingHere();
+		return COUNTER_MODE_BUFFERED;
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid counter mode \"%s\"", s),
-			 errhint("Valid modes are 'direct' and 'sharded'.")));
+			 errhint("Valid modes are 'direct', 'sharded' and 'buffered'.")));
 	return COUNTER_MODE_SHARDED;	/* keep compiler quiet */
 }
 
@@ -529,6 +534,7 @@ counter_create(PG_FUNCTION_ARGS)
 	id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 									 SPI_tuptable->tupdesc, 1, &isnull));
 	CounterLeave(&scope);
+	CounterShmemForget(id);
 	CommandCounterIncrement();
 	PG_RETURN_INT32(id);
 }

@@ -1,7 +1,9 @@
 /*
  * counter.c
  *		Module entry point: the magic block and _PG_init, which only hands
- *		each concern its own initialisation.
+ *		each concern its own initialisation.  Loaded through
+ *		shared_preload_libraries it also sets up shared memory and the worker;
+ *		loaded on demand, everything but buffered mode and the worker works.
  */
 #include "counter.h"
 
@@ -14,5 +16,8 @@ void
 _PG_init(void)
 {
 	CounterGucInit();
+	CounterShmemInit();
 	CounterCatalogInit();
+	CounterBufferedInit();
+	CounterWorkerInit();
 }

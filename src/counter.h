@@ -14,11 +14,33 @@
 
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/snapshot.h"
 #include "utils/timestamp.h"
 
 #define COUNTER_NAME_MAXLEN 63
 #define COUNTER_MAX_SLOTS 1024
 #define COUNTER_SCHEMA "counter"
+
+#define COUNTER_PARTITIONS 16	/* power of two */
+#define COUNTER_BUF_SLOTS 2
+
+/*
+ * Slot numbers in counter.tally: writers use 0..slots-1; rows made by the
+ * worker use the negative ones below, which also tell a row's resolution.
+ * The marker of a big key is (bucket -infinity, slot 0).
+ */
+#define COUNTER_SLOT_MINUTE (-1)	/* compacted minute row */
+#define COUNTER_SLOT_HOUR (-2)		/* hour row */
+#define COUNTER_SLOT_DAY (-3)		/* day row */
+#define COUNTER_SLOT_FOLD (-4)		/* minute row folded from the buffer */
+
+/* Increments at or beyond this magnitude make a key "big" (see write.c). */
+#define COUNTER_CHECK_THRESHOLD (INT64CONST(1) << 40)
 
 typedef enum CounterMode
 {
@@ -51,9 +73,133 @@ typedef struct CounterScope
 	int			save_sec_context;
 } CounterScope;
 
+/* Shared buffer: one entry per (counter, key); see shmem.c. */
+typedef struct CounterBufKey
+{
+	Oid			dbid;
+	int32		counter_id;
+	int64		key;
+} CounterBufKey;
+
+typedef struct CounterBufSlot
+{
+	TimestampTz bucket;
+	int64		pending;
+	int64		inflight;
+	int32		refs;
+} CounterBufSlot;
+
+typedef struct CounterBufEntry
+{
+	CounterBufKey key;
+	slock_t		mutex;
+	bool		big;
+	TransactionId fold_xid;
+	CounterBufSlot slots[COUNTER_BUF_SLOTS];
+	TimestampTz cached_at;
+	int64		cached_value;
+} CounterBufEntry;
+
+/* Per-counter statistics, counted at commit. */
+typedef enum CounterStat
+{
+	COUNTER_STAT_DIRECT,		/* increments written by the direct path */
+	COUNTER_STAT_SHARDED,		/* ... by the sharded path */
+	COUNTER_STAT_BUFFERED,		/* ... into the shared buffer */
+	COUNTER_STAT_FALLBACK,		/* buffered increments that took the durable path */
+	COUNTER_STAT_FOLDED,		/* buffered deltas folded into the tables */
+	COUNTER_STAT_CACHE_HITS,	/* get(max_age) answered from the cache */
+	COUNTER_STAT_COUNT
+} CounterStat;
+
+typedef struct CounterStatsKey
+{
+	Oid			dbid;
+	int32		counter_id;
+} CounterStatsKey;
+
+typedef struct CounterStatsEntry
+{
+	CounterStatsKey key;
+	pg_atomic_uint64 n[COUNTER_STAT_COUNT];
+	pg_atomic_uint64 last_fold;	/* TimestampTz of the last fold that moved it */
+} CounterStatsEntry;
+
+typedef struct CounterShared
+{
+	LWLock	   *partition_locks[COUNTER_PARTITIONS];
+	LWLock	   *stats_lock;
+	pg_atomic_uint32 nentries;
+	pg_atomic_uint64 fold_requested;	/* flush() requests, a generation */
+	pg_atomic_uint64 fold_done;	/* generation the last finished fold served */
+	ConditionVariable fold_cv;
+	TimestampTz started_at;
+
+	/* worker status, under mutex */
+	slock_t		mutex;
+	pid_t		worker_pid;
+	Latch	   *worker_latch;
+	char		worker_state[32];
+	TimestampTz last_loop;
+	TimestampTz last_fold;
+	double		last_fold_ms;
+	int64		folds;
+	int64		folded_deltas;
+	int64		compacted_rows;
+	int64		errors;
+	TimestampTz last_error_at;
+	char		last_error[256];
+} CounterShared;
+
+typedef void (*CounterDrainCallback) (void *arg, int32 counter_id, int64 key,
+									  TimestampTz bucket, int64 delta);
+
 /* guc.c */
 extern int	counter_default_slots;
+extern int	counter_buffer_keys;
+extern int	counter_flush_interval;
+extern int	counter_compact_interval;
+extern char *counter_database;
 extern void CounterGucInit(void);
+
+/* shmem.c */
+extern CounterShared *counter_shared;
+extern void CounterShmemInit(void);
+extern bool CounterShmemReady(void);
+extern void CounterRequireShmem(const char *what);
+extern bool CounterBufferingHere(void);
+extern void CounterRequireBufferingHere(void);
+extern CounterBufEntry *CounterBufReserve(int32 counter_id, int64 key,
+										  TimestampTz bucket, int *slotno,
+										  bool *is_new);
+extern void CounterBufRelease(CounterBufEntry *entry, int slotno, int64 delta);
+extern void CounterBufSetBig(CounterBufEntry *entry);
+extern void CounterBufMarkBig(int32 counter_id, int64 key);
+extern int64 CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
+							   TimestampTz to, Snapshot snapshot);
+extern bool CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us,
+							int64 *value);
+extern void CounterCachePut(int32 counter_id, int64 key, int64 value,
+							TimestampTz at);
+extern int	CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg);
+extern void CounterBufUndrain(TransactionId xid);
+extern int	CounterBufEvict(int64 keep_cache_us);
+extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);
+extern CounterStatsEntry *CounterStatsFor(int32 counter_id);
+extern void CounterStatsIds(int32 **ids, int *n, int *cap);
+extern void CounterShmemForget(int32 counter_id);
+
+/* buffered.c */
+extern void CounterBufferedInit(void);
+extern bool CounterBufferedIncr(const CounterDef *def, int64 key, int64 delta,
+								TimestampTz bucket);
+extern int64 CounterLocalPending(int32 counter_id, int64 key, TimestampTz from,
+								 TimestampTz to);
+extern bool CounterLocalWrites(void);
+extern void CounterCountStat(int32 counter_id, CounterStat stat, int64 n);
+
+/* worker.c */
+extern void CounterWorkerInit(void);
 
 /* catalog.c */
 extern void CounterCatalogInit(void);
@@ -73,6 +219,10 @@ extern void CounterCheckName(const char *name);
 
 /* write.c */
 extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
+extern bool CounterKeyIsBig(const CounterDef *def, int64 key);
+extern uint64 CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids,
+								Datum *keys, Datum *buckets, Datum *deltas,
+								int16 slot);
 
 /* Attribute time: the start of the minute holding ts. */
 static inline TimestampTz

@@ -7,6 +7,10 @@
 #include "utils/guc.h"
 
 int			counter_default_slots = 64;
+int			counter_buffer_keys = 16384;
+int			counter_flush_interval = 1000;
+int			counter_compact_interval = 10000;
+char	   *counter_database = NULL;
 
 /* Define every counter.* setting and reserve the prefix. */
 void
@@ -19,6 +23,38 @@ CounterGucInit(void)
 							64, 1, COUNTER_MAX_SLOTS,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("counter.buffer_keys",
+							"Keys the shared buffer of buffered counters can hold.",
+							"When it is full, increments of new keys take the durable path.",
+							&counter_buffer_keys,
+							16384, 64, 16 * 1024 * 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("counter.flush_interval",
+							"How often the worker folds buffered increments into the tables.",
+							"This bounds what a crash can lose of buffered counters.",
+							&counter_flush_interval,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("counter.compact_interval",
+							"How often the worker compacts slot rows and rolls up old buckets.",
+							"0 turns the worker's compaction off; counter.compact() still works.",
+							&counter_compact_interval,
+							10000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("counter.database",
+							   "Database the counter worker connects to.",
+							   NULL,
+							   &counter_database,
+							   "postgres",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("counter");
 }

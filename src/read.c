@@ -12,7 +12,10 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "access/xact.h"
+#include "common/int.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(counter_get);
 PG_FUNCTION_INFO_V1(counter_get_many);
@@ -23,12 +26,16 @@ static SPIPlanPtr plan_window = NULL;
 static SPIPlanPtr plan_get_many = NULL;
 static SPIPlanPtr plan_get_many_text = NULL;
 
-/* Run a one-row, one-bigint-column plan and return its value. */
+/*
+ * Run a one-row, one-bigint-column plan in the caller's snapshot and return
+ * its value; a sum past bigint is reported as the counter's overflow.
+ */
 static int64
-CounterScalar(SPIPlanPtr plan, Datum *values)
+CounterScalarGuarded(const CounterDef *def, const int64 *key, SPIPlanPtr plan,
+					 Datum *values)
 {
 	bool		isnull;
-	int			rc = SPI_execute_plan(plan, values, NULL, true, 1);
+	int			rc = CounterExecGuarded(def, key, true, plan, values);
 	Datum		d;
 
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
@@ -90,7 +97,38 @@ CounterArg(FunctionCallInfo fcinfo, CounterDef *def)
 	CounterGetById(PG_GETARG_INT32(0), def);
 }
 
-/* counter.get(counter, key): the exact total, 0 for a key never counted. */
+/*
+ * Add what is not in the tables yet: the shared buffer's pending deltas as
+ * seen by this statement's snapshot, and this transaction's own buffered
+ * increments.
+ */
+static int64
+CounterAddPending(const CounterDef *def, int64 key, int64 total,
+				  TimestampTz from, TimestampTz to)
+{
+	int64		pending;
+
+	pending = CounterBufPending(def->id, key, from, to, GetActiveSnapshot());
+	if (pg_add_s64_overflow(pending, CounterLocalPending(def->id, key, from, to),
+							&pending) ||
+		pg_add_s64_overflow(total, pending, &total))
+		CounterOverflow(def, &key, true);
+	return total;
+}
+
+/* The time as of which this statement's snapshot is at least current. */
+static TimestampTz
+CounterSnapshotTime(void)
+{
+	return IsolationUsesXactSnapshot() ? GetCurrentTransactionStartTimestamp()
+		: GetCurrentStatementStartTimestamp();
+}
+
+/*
+ * counter.get(counter, key, max_age): the exact total, 0 for a key never
+ * counted.  With max_age, a total computed by any session no longer than
+ * max_age ago may be returned from the shared cache instead.
+ */
 Datum
 counter_get(PG_FUNCTION_ARGS)
 {
@@ -98,21 +136,46 @@ counter_get(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	int64		key;
 	int64		total;
+	int64		max_age_us = -1;
 	Oid			argtypes[2] = {INT4OID, INT8OID};
 	Datum		values[2];
 
 	CounterArg(fcinfo, &def);
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+	{
+		Interval   *max_age = PG_GETARG_INTERVAL_P(2);
+
+		if (max_age->month != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_age must not be given in months or years")));
+		max_age_us = max_age->time + max_age->day * USECS_PER_DAY;
+		if (max_age_us < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_age must not be negative")));
+		CounterRequireShmem("counter.get with max_age");
+	}
 	if (!CounterReadKey(fcinfo, 1, &def, &key))
 		PG_RETURN_INT64(0);
+	if (max_age_us >= 0 && CounterCacheGet(def.id, key, max_age_us, &total))
+	{
+		CounterCountStat(def.id, COUNTER_STAT_CACHE_HITS, 1);
+		PG_RETURN_INT64(total);
+	}
 	values[0] = Int32GetDatum(def.id);
 	values[1] = Int64GetDatum(key);
 	CounterEnter(&scope);
-	total = CounterScalar(CounterPlan(&plan_get,
-									  "SELECT sum(value)::int8 FROM counter.tally"
-									  " WHERE counter_id = $1 AND key = $2",
-									  2, argtypes),
-						  values);
+	total = CounterScalarGuarded(&def, &key, CounterPlan(&plan_get,
+														 "SELECT sum(value)::int8 FROM counter.tally"
+														 " WHERE counter_id = $1 AND key = $2",
+														 2, argtypes),
+								 values);
 	CounterLeave(&scope);
+	total = CounterAddPending(&def, key, total, DT_NOBEGIN, DT_NOEND);
+	/* cache only what other sessions may see: nothing of ours uncommitted */
+	if (max_age_us >= 0 && !CounterLocalWrites())
+		CounterCachePut(def.id, key, total, CounterSnapshotTime());
 	PG_RETURN_INT64(total);
 }
 
@@ -162,14 +225,14 @@ counter_window(PG_FUNCTION_ARGS)
 	values[2] = TimestampTzGetDatum(from);
 	values[3] = TimestampTzGetDatum(now);
 	CounterEnter(&scope);
-	total = CounterScalar(CounterPlan(&plan_window,
-									  "SELECT sum(value)::int8 FROM counter.tally"
-									  " WHERE counter_id = $1 AND key = $2"
-									  " AND bucket >= $3 AND bucket < $4",
-									  4, argtypes),
-						  values);
+	total = CounterScalarGuarded(&def, &key, CounterPlan(&plan_window,
+														 "SELECT sum(value)::int8 FROM counter.tally"
+														 " WHERE counter_id = $1 AND key = $2"
+														 " AND bucket >= $3 AND bucket < $4",
+														 4, argtypes),
+								 values);
 	CounterLeave(&scope);
-	PG_RETURN_INT64(total);
+	PG_RETURN_INT64(CounterAddPending(&def, key, total, from, now));
 }
 
 /*
@@ -209,10 +272,11 @@ counter_get_many(PG_FUNCTION_ARGS)
 	if (textkeys)
 		rc = SPI_execute_plan(CounterPlan(&plan_get_many_text,
 										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
-										  "  FROM counter.text_key m JOIN counter.tally t"
-										  "  ON t.counter_id = m.counter_id AND t.key = m.id"
-										  "  WHERE m.counter_id = $1 AND m.name = u.k), 0)"
+										  "  FROM counter.tally t"
+										  "  WHERE t.counter_id = $1 AND t.key = m.id), 0), m.id"
 										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
+										  " LEFT JOIN counter.text_key m"
+										  "  ON m.counter_id = $1 AND m.name = u.k"
 										  " ORDER BY u.o",
 										  2, argtypes),
 							  values, NULL, true, 0);
@@ -220,7 +284,7 @@ counter_get_many(PG_FUNCTION_ARGS)
 		rc = SPI_execute_plan(CounterPlan(&plan_get_many,
 										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
 										  "  FROM counter.tally t"
-										  "  WHERE t.counter_id = $1 AND t.key = u.k), 0)"
+										  "  WHERE t.counter_id = $1 AND t.key = u.k), 0), u.k"
 										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
 										  " ORDER BY u.o",
 										  2, argtypes),
@@ -232,8 +296,16 @@ counter_get_many(PG_FUNCTION_ARGS)
 		Datum		out[2];
 		bool		nulls[2];
 
+		bool		noid;
+		Datum		id;
+
 		out[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
 		out[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
+		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &noid);
+		if (!noid)
+			out[1] = Int64GetDatum(CounterAddPending(&def, DatumGetInt64(id),
+													 DatumGetInt64(out[1]),
+													 DT_NOBEGIN, DT_NOEND));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
 	}
 	CounterLeave(&scope);

@@ -32,11 +32,10 @@ PG_FUNCTION_INFO_V1(counter_incr);
 PG_FUNCTION_INFO_V1(counter_incr_many);
 PG_FUNCTION_INFO_V1(counter_key_id);
 
-#define COUNTER_CHECK_THRESHOLD (INT64CONST(1) << 40)
-
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_total = NULL;
-static SPIPlanPtr plan_many = NULL;
+static SPIPlanPtr plan_batch = NULL;
+static SPIPlanPtr plan_is_big = NULL;
 static SPIPlanPtr plan_marker = NULL;
 static SPIPlanPtr plan_key_find = NULL;
 static SPIPlanPtr plan_key_make = NULL;
@@ -100,6 +99,8 @@ CounterLockKey(const CounterDef *def, int64 key)
 						  values, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "counter key lock failed: %s", SPI_result_code_string(rc));
+	/* buffered increments of the key must now take this path too */
+	CounterBufMarkBig(def->id, key);
 }
 
 /*
@@ -313,10 +314,27 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 	}
 }
 
+/* The statistic a durable increment of this counter counts under. */
+static CounterStat
+CounterPathStat(const CounterDef *def)
+{
+	switch (def->mode)
+	{
+		case COUNTER_MODE_DIRECT:
+			return COUNTER_STAT_DIRECT;
+		case COUNTER_MODE_SHARDED:
+			return COUNTER_STAT_SHARDED;
+		case COUNTER_MODE_BUFFERED:
+			break;
+	}
+	return COUNTER_STAT_FALLBACK;
+}
+
 /*
  * counter.incr(counter, key, delta, at): add delta to key, attributed to the
  * minute of `at` (default: the transaction's start), inside the caller's
- * transaction.  Returns true when counted.
+ * transaction.  Buffered counters add to shared memory at commit; the others
+ * write their slot row now.  Returns true when counted.
  */
 Datum
 counter_incr(PG_FUNCTION_ARGS)
@@ -327,6 +345,7 @@ counter_incr(PG_FUNCTION_ARGS)
 	int64		delta;
 	TimestampTz bucket;
 	bool		known;
+	bool		text_key;
 
 	CounterNotNull(fcinfo, 0, "counter");
 	CounterNotNull(fcinfo, 1, "key");
@@ -335,12 +354,54 @@ counter_incr(PG_FUNCTION_ARGS)
 	delta = PG_GETARG_INT64(2);
 	bucket = CounterBucketArg(fcinfo, 3);
 
+	/* text keys of text counters need the key table; everything else not */
+	text_key = (def.key_type == COUNTER_KEY_TEXT);
+	if (text_key)
+	{
+		CounterEnter(&scope);
+		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
+		CounterLeave(&scope);
+	}
+	else
+		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
+	if (delta == 0)
+		PG_RETURN_BOOL(true);
+
+	if (def.mode == COUNTER_MODE_BUFFERED &&
+		CounterBufferedIncr(&def, key, delta, bucket))
+	{
+		CounterCountStat(def.id, COUNTER_STAT_BUFFERED, 1);
+		PG_RETURN_BOOL(true);
+	}
 	CounterEnter(&scope);
-	key = CounterKeyArg(fcinfo, 1, &def, true, &known);
-	if (delta != 0)
-		CounterApply(&def, key, delta, bucket);
+	CounterApply(&def, key, delta, bucket);
 	CounterLeave(&scope);
+	CounterCountStat(def.id, CounterPathStat(&def), 1);
 	PG_RETURN_BOOL(true);
+}
+
+/* Whether key has a marker row, i.e. some row of it once reached 2^40. */
+bool
+CounterKeyIsBig(const CounterDef *def, int64 key)
+{
+	CounterScope scope;
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+	Datum		values[2] = {Int32GetDatum(def->id), Int64GetDatum(key)};
+	int			rc;
+	bool		big;
+
+	CounterEnter(&scope);
+	rc = SPI_execute_plan(CounterPlan(&plan_is_big,
+									  "SELECT FROM counter.tally"
+									  " WHERE counter_id = $1 AND key = $2"
+									  " AND bucket = '-infinity' AND slot = 0",
+									  2, argtypes),
+						  values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "counter marker probe failed: %s", SPI_result_code_string(rc));
+	big = SPI_processed > 0;
+	CounterLeave(&scope);
+	return big;
 }
 
 /* Unpack a one-dimensional bigint array, refusing null elements. */
@@ -366,10 +427,92 @@ CounterUnpackInt8Array(ArrayType *arr, const char *what, Datum **elems)
 }
 
 /*
+ * Apply a batch of increments (inside the scope): n tuples of (counter, key,
+ * minute, delta), all written to `slot`.  Tuples of one (counter, key,
+ * minute) are summed and rows are written in key order, so two batches never
+ * deadlock on each other; tuples of counters that no longer exist are
+ * dropped.  Keys left big are checked as CounterApply does.  def names the
+ * counter in errors when the batch is of one counter (else NULL).  Returns
+ * the number of rows written.
+ */
+uint64
+CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids, Datum *keys,
+				  Datum *buckets, Datum *deltas, int16 slot)
+{
+	Oid			argtypes[5] = {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, INT2OID};
+	Datum		values[5];
+	int			rc;
+	uint64		written;
+	uint64		j;
+	int32	   *check_ids;
+	int64	   *check_keys;
+	uint64		nchecks;
+
+	values[0] = PointerGetDatum(construct_array(counter_ids, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(keys, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(buckets, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(deltas, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = Int16GetDatum(slot);
+
+	rc = CounterExecGuarded(def, NULL, false, CounterPlan(&plan_batch,
+														   "WITH d AS ("
+														   "  SELECT c, k, b, sum(dl)::int8 AS dl"
+														   "  FROM unnest($1, $2, $3, $4) AS u(c, k, b, dl)"
+														   "  WHERE EXISTS (SELECT FROM counter.definition def WHERE def.id = u.c)"
+														   "  GROUP BY c, k, b),"
+														   " w AS ("
+														   "  INSERT INTO counter.tally AS t"
+														   "  (counter_id, key, bucket, slot, value)"
+														   "  SELECT c, k, b, $5, dl FROM d WHERE dl <> 0 ORDER BY c, k, b"
+														   "  ON CONFLICT (counter_id, key, bucket, slot)"
+														   "  DO UPDATE SET value = t.value + excluded.value"
+														   "  RETURNING t.counter_id, t.key, t.bucket, t.value)"
+														   " SELECT w.counter_id, w.key,"
+														   "  abs(w.value) >= 1099511627776"
+														   "  OR abs(d.dl) >= 1099511627776"
+														   "  OR EXISTS (SELECT FROM counter.tally m"
+														   "   WHERE m.counter_id = w.counter_id AND m.key = w.key"
+														   "   AND m.bucket = '-infinity' AND m.slot = 0)"
+														   " FROM w JOIN d ON d.c = w.counter_id AND d.k = w.key AND d.b = w.bucket"
+														   " ORDER BY 1, 2",
+														   5, argtypes),
+							values);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "counter batch increment failed: %s", SPI_result_code_string(rc));
+	written = SPI_processed;
+	check_ids = palloc(sizeof(int32) * Max(written, 1));
+	check_keys = palloc(sizeof(int64) * Max(written, 1));
+	nchecks = 0;
+	for (j = 0; j < written; j++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[j];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+			continue;
+		check_ids[nchecks] = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		check_keys[nchecks] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		nchecks++;
+	}
+	for (j = 0; j < nchecks; j++)
+	{
+		CounterDef	def;
+
+		if (j > 0 && check_ids[j] == check_ids[j - 1] && check_keys[j] == check_keys[j - 1])
+			continue;
+		CounterGetById(check_ids[j], &def);
+		CounterCheckTotal(&def, check_keys[j], 0);
+	}
+	return written;
+}
+
+/*
  * counter.incr_many(counter, keys, deltas, at): add deltas[i] to keys[i] for
- * every i in one statement (deltas null means 1 each).  Keys are summed and
- * written in key order, so two batches never deadlock on each other.
- * Returns the number of increments applied.
+ * every i in one statement (deltas null means 1 each).  Returns the number
+ * of increments applied.  Buffered counters take the durable path here: a
+ * batch is already one round trip.
  */
 Datum
 counter_incr_many(PG_FUNCTION_ARGS)
@@ -378,14 +521,12 @@ counter_incr_many(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	Datum	   *keys;
 	Datum	   *deltas;
+	Datum	   *ids;
+	Datum	   *buckets;
 	int			nkeys;
 	int			ndeltas;
 	int			i;
-	ArrayType  *deltas_arr;
-	Oid			argtypes[5] = {INT4OID, INT8ARRAYOID, INT8ARRAYOID,
-	TIMESTAMPTZOID, INT2OID};
-	Datum		values[5];
-	int			rc;
+	TimestampTz bucket;
 
 	CounterNotNull(fcinfo, 0, "counter");
 	CounterNotNull(fcinfo, 1, "keys");
@@ -412,52 +553,19 @@ counter_incr_many(PG_FUNCTION_ARGS)
 				 errdetail("keys has %d elements, deltas has %d.", nkeys, ndeltas)));
 	if (nkeys == 0)
 		PG_RETURN_INT64(0);
-	deltas_arr = construct_array(deltas, ndeltas, INT8OID, 8, FLOAT8PASSBYVAL,
-								 TYPALIGN_DOUBLE);
-
-	values[0] = Int32GetDatum(def.id);
-	values[1] = PointerGetDatum(PG_GETARG_ARRAYTYPE_P(1));
-	values[2] = PointerGetDatum(deltas_arr);
-	values[3] = TimestampTzGetDatum(CounterBucketArg(fcinfo, 3));
-	values[4] = Int16GetDatum(CounterSlot(&def));
+	bucket = CounterBucketArg(fcinfo, 3);
+	ids = palloc(sizeof(Datum) * nkeys);
+	buckets = palloc(sizeof(Datum) * nkeys);
+	for (i = 0; i < nkeys; i++)
+	{
+		ids[i] = Int32GetDatum(def.id);
+		buckets[i] = TimestampTzGetDatum(bucket);
+	}
 
 	CounterEnter(&scope);
-	rc = CounterExecGuarded(&def, NULL, false, CounterPlan(&plan_many,
-									  "WITH d AS ("
-									  "  SELECT k, sum(dl)::int8 AS dl"
-									  "  FROM unnest($2, $3) AS u(k, dl) GROUP BY k),"
-									  " w AS ("
-									  "  INSERT INTO counter.tally AS t"
-									  "  (counter_id, key, bucket, slot, value)"
-									  "  SELECT $1, k, $4, $5, dl FROM d WHERE dl <> 0 ORDER BY k"
-									  "  ON CONFLICT (counter_id, key, bucket, slot)"
-									  "  DO UPDATE SET value = t.value + excluded.value"
-									  "  RETURNING t.key, t.value)"
-									  " SELECT w.key FROM w JOIN d ON d.k = w.key"
-									  " WHERE abs(w.value) >= 1099511627776"
-									  " OR abs(d.dl) >= 1099511627776"
-									  " OR EXISTS (SELECT FROM counter.tally m"
-									  "  WHERE m.counter_id = $1 AND m.key = w.key"
-									  "  AND m.bucket = '-infinity' AND m.slot = 0)"
-									  " ORDER BY w.key",
-									  5, argtypes),
-							values);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "counter batch increment failed: %s", SPI_result_code_string(rc));
-	if (SPI_processed > 0)
-	{
-		uint64		n = SPI_processed;
-		int64	   *check = palloc(sizeof(int64) * n);
-		uint64		j;
-		bool		isnull;
-
-		for (j = 0; j < n; j++)
-			check[j] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j],
-												   SPI_tuptable->tupdesc, 1, &isnull));
-		for (j = 0; j < n; j++)
-			CounterCheckTotal(&def, check[j], 0);
-	}
+	CounterApplyBatch(&def, nkeys, ids, keys, buckets, deltas, CounterSlot(&def));
 	CounterLeave(&scope);
+	CounterCountStat(def.id, CounterPathStat(&def), nkeys);
 	PG_RETURN_INT64(nkeys);
 }
 

@@ -1,0 +1,769 @@
+/*
+ * shmem.c
+ *		Shared memory: the buffer of pending increments of buffered counters,
+ *		per-counter statistics, and the worker's status.
+ *
+ * The buffer is a shared hash of (counter, key) entries, partitioned into
+ * COUNTER_PARTITIONS parts with one LWLock each.  Finding an entry takes its
+ * partition's lock in shared mode; only creating or evicting an entry takes
+ * it exclusively.  The numbers inside an entry are guarded by the entry's own
+ * spinlock, so writers of different keys never touch the same lock and
+ * writers of one hot key hold a spinlock for a few instructions.
+ *
+ * Each entry has COUNTER_BUF_SLOTS minute slots.  A slot holds
+ *	 pending	committed increments not yet folded into the tables;
+ *	 inflight	increments a fold has taken, written by fold_xid;
+ *	 refs		open transactions that will add to this slot at commit.
+ * A reader adds inflight only while fold_xid is not visible to its snapshot,
+ * so a read is exact before, during and after a fold.  The worker clears
+ * inflight only once fold_xid is older than every snapshot in the cluster.
+ * An entry is evicted only when no slot has pending, inflight or refs.
+ *
+ * Statistics live in a second, small shared hash keyed by counter id and
+ * are plain atomics.
+ */
+#include "counter.h"
+
+#include "access/transam.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "utils/snapmgr.h"
+
+CounterShared *counter_shared = NULL;
+static HTAB *buffer_hash = NULL;
+static HTAB *stats_hash = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+#define COUNTER_STATS_MAX 1024
+
+/* Bytes of shared memory the extension needs. */
+static Size
+CounterShmemSize(void)
+{
+	Size		size = MAXALIGN(sizeof(CounterShared));
+
+	size = add_size(size, hash_estimate_size(counter_buffer_keys,
+											 sizeof(CounterBufEntry)));
+	size = add_size(size, hash_estimate_size(COUNTER_STATS_MAX,
+											 sizeof(CounterStatsEntry)));
+	return size;
+}
+
+/* shmem_request_hook: reserve memory and the partition locks. */
+static void
+CounterShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(CounterShmemSize());
+	RequestNamedLWLockTranche("counter", COUNTER_PARTITIONS + 1);
+}
+
+/* shmem_startup_hook: create or attach to the shared structures. */
+static void
+CounterShmemStartup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	counter_shared = ShmemInitStruct("counter", sizeof(CounterShared), &found);
+	if (!found)
+	{
+		LWLockPadded *locks = GetNamedLWLockTranche("counter");
+		int			i;
+
+		memset(counter_shared, 0, sizeof(CounterShared));
+		for (i = 0; i < COUNTER_PARTITIONS; i++)
+			counter_shared->partition_locks[i] = &locks[i].lock;
+		counter_shared->stats_lock = &locks[COUNTER_PARTITIONS].lock;
+		SpinLockInit(&counter_shared->mutex);
+		pg_atomic_init_u32(&counter_shared->nentries, 0);
+		pg_atomic_init_u64(&counter_shared->fold_requested, 0);
+		pg_atomic_init_u64(&counter_shared->fold_done, 0);
+		ConditionVariableInit(&counter_shared->fold_cv);
+		counter_shared->worker_pid = 0;
+		counter_shared->started_at = GetCurrentTimestamp();
+	}
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(CounterBufKey);
+	info.entrysize = sizeof(CounterBufEntry);
+	info.num_partitions = COUNTER_PARTITIONS;
+	buffer_hash = ShmemInitHash("counter buffer",
+								counter_buffer_keys, counter_buffer_keys,
+								&info, HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(CounterStatsKey);
+	info.entrysize = sizeof(CounterStatsEntry);
+	stats_hash = ShmemInitHash("counter stats",
+							   COUNTER_STATS_MAX, COUNTER_STATS_MAX,
+							   &info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Install the hooks; only meaningful while shared_preload_libraries loads us. */
+void
+CounterShmemInit(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = CounterShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = CounterShmemStartup;
+}
+
+/* Whether shared memory is there (the library was preloaded). */
+bool
+CounterShmemReady(void)
+{
+	return counter_shared != NULL;
+}
+
+/*
+ * Whether this database is the one the worker folds (counter.database):
+ * only there can increments wait in the shared buffer.
+ */
+bool
+CounterBufferingHere(void)
+{
+	static Oid	checked_db = InvalidOid;
+	static bool here = false;
+
+	if (!CounterShmemReady())
+		return false;
+	if (checked_db != MyDatabaseId)
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		here = name != NULL && counter_database != NULL &&
+			strcmp(name, counter_database) == 0;
+		checked_db = MyDatabaseId;
+	}
+	return here;
+}
+
+/* Refuse buffered mode where no worker would fold it. */
+void
+CounterRequireBufferingHere(void)
+{
+	CounterRequireShmem("buffered mode");
+	if (!CounterBufferingHere())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("buffered counters can only be used in database \"%s\"",
+						counter_database),
+				 errdetail("The counter worker folds the shared buffer into the database named by counter.database."),
+				 errhint("Use mode 'sharded' here, or set counter.database and restart the server.")));
+}
+
+/* Refuse, with a hint, a feature that needs shared_preload_libraries. */
+void
+CounterRequireShmem(const char *what)
+{
+	if (!CounterShmemReady())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s needs counter to be loaded at server start", what),
+				 errhint("Add counter to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* The partition lock guarding a hash value. */
+static inline LWLock *
+CounterPartitionLock(uint32 hashcode)
+{
+	return counter_shared->partition_locks[hashcode % COUNTER_PARTITIONS];
+}
+
+/*
+ * Lock every partition, in order, for a scan of the whole buffer (dynahash
+ * requires all partition locks for hash_seq_search on a partitioned table).
+ */
+static void
+CounterLockAll(LWLockMode mode)
+{
+	int			p;
+
+	for (p = 0; p < COUNTER_PARTITIONS; p++)
+		LWLockAcquire(counter_shared->partition_locks[p], mode);
+}
+
+/* Release what CounterLockAll took. */
+static void
+CounterUnlockAll(void)
+{
+	int			p;
+
+	for (p = COUNTER_PARTITIONS - 1; p >= 0; p--)
+		LWLockRelease(counter_shared->partition_locks[p]);
+}
+
+/*
+ * Find (or, with create, make) the entry of (counter, key) and reserve a slot
+ * for bucket in it.  Returns NULL when the buffer is full or both slots hold
+ * other minutes: the caller then takes the durable path.  *is_new tells the
+ * caller that the entry was just made (its `big` flag still to be set).
+ */
+CounterBufEntry *
+CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
+				  int *slotno, bool *is_new)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	int			i;
+	int			free_slot = -1;
+
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	lock = CounterPartitionLock(hashcode);
+	*is_new = false;
+
+	LWLockAcquire(lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		bool		found;
+
+		LWLockRelease(lock);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
+											HASH_FIND, NULL);
+		if (entry == NULL)
+		{
+			if (pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) >=
+				(uint32) counter_buffer_keys)
+			{
+				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+				LWLockRelease(lock);
+				return NULL;
+			}
+			entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
+												HASH_ENTER_NULL, &found);
+			if (entry == NULL)
+			{
+				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+				LWLockRelease(lock);
+				return NULL;
+			}
+			SpinLockInit(&entry->mutex);
+			entry->big = false;
+			entry->fold_xid = InvalidTransactionId;
+			memset(entry->slots, 0, sizeof(entry->slots));
+			entry->cached_at = 0;
+			entry->cached_value = 0;
+			*is_new = true;
+		}
+	}
+
+	SpinLockAcquire(&entry->mutex);
+	for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+	{
+		CounterBufSlot *s = &entry->slots[i];
+
+		if (s->bucket == bucket && (s->refs > 0 || s->pending != 0 || s->inflight != 0))
+			break;
+		if (free_slot < 0 && s->refs == 0 && s->pending == 0 && s->inflight == 0)
+			free_slot = i;
+	}
+	if (i == COUNTER_BUF_SLOTS)
+		i = free_slot;
+	if (i >= 0)
+	{
+		entry->slots[i].bucket = bucket;
+		entry->slots[i].refs++;
+	}
+	SpinLockRelease(&entry->mutex);
+	LWLockRelease(lock);
+
+	*slotno = i;
+	return i >= 0 ? entry : NULL;
+}
+
+/*
+ * Settle a reservation at the end of a transaction: add delta (0 on abort)
+ * to the slot's pending and drop the reference.  The reference kept the
+ * entry from eviction, so no partition lock is needed.
+ */
+void
+CounterBufRelease(CounterBufEntry *entry, int slotno, int64 delta)
+{
+	CounterBufSlot *s = &entry->slots[slotno];
+
+	SpinLockAcquire(&entry->mutex);
+	s->pending += delta;
+	s->refs--;
+	SpinLockRelease(&entry->mutex);
+}
+
+/* Mark a key as big (see write.c): its increments then take the durable path. */
+void
+CounterBufSetBig(CounterBufEntry *entry)
+{
+	SpinLockAcquire(&entry->mutex);
+	entry->big = true;
+	SpinLockRelease(&entry->mutex);
+}
+
+/* Mark (counter, key) big if the buffer has an entry for it. */
+void
+CounterBufMarkBig(int32 counter_id, int64 key)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+
+	if (!CounterShmemReady())
+		return;
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	lock = CounterPartitionLock(hashcode);
+	LWLockAcquire(lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry)
+		CounterBufSetBig(entry);
+	LWLockRelease(lock);
+}
+
+/* Whether an inflight amount written by xid is missing from snapshot's view. */
+static bool
+CounterInflightUnseen(TransactionId xid, Snapshot snapshot)
+{
+	if (!TransactionIdIsValid(xid))
+		return true;
+	if (snapshot == NULL || XidInMVCCSnapshot(xid, snapshot))
+		return true;
+	return !TransactionIdDidCommit(xid);
+}
+
+/*
+ * Sum what the buffer holds for (counter, key) in buckets [from, to), as
+ * seen from snapshot: pending, plus inflight that the snapshot cannot see in
+ * the tables yet.  Also reports whether the key is marked big.
+ */
+int64
+CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
+				  TimestampTz to, Snapshot snapshot)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	int64		sum = 0;
+	int64		inflight = 0;
+	TransactionId xid = InvalidTransactionId;
+	int			i;
+
+	if (!CounterShmemReady())
+		return 0;
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	lock = CounterPartitionLock(hashcode);
+
+	LWLockAcquire(lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry)
+	{
+		SpinLockAcquire(&entry->mutex);
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+		{
+			CounterBufSlot *s = &entry->slots[i];
+
+			if (s->bucket < from || s->bucket >= to)
+				continue;
+			sum += s->pending;
+			inflight += s->inflight;
+		}
+		xid = entry->fold_xid;
+		SpinLockRelease(&entry->mutex);
+	}
+	LWLockRelease(lock);
+
+	if (inflight != 0 && CounterInflightUnseen(xid, snapshot))
+		sum += inflight;
+	return sum;
+}
+
+/* Read a cached total of (counter, key) if it is no older than max_age_us. */
+bool
+CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	bool		hit = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	lock = CounterPartitionLock(hashcode);
+	LWLockAcquire(lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry)
+	{
+		SpinLockAcquire(&entry->mutex);
+		if (entry->cached_at != 0 && now - entry->cached_at <= max_age_us)
+		{
+			*value = entry->cached_value;
+			hit = true;
+		}
+		SpinLockRelease(&entry->mutex);
+	}
+	LWLockRelease(lock);
+	return hit;
+}
+
+/*
+ * Remember an exact total computed at `at`, for later max_age reads.  Makes
+ * an entry if there is room; a full buffer just means no caching.
+ */
+void
+CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	bool		found;
+
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	lock = CounterPartitionLock(hashcode);
+	LWLockAcquire(lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		LWLockRelease(lock);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+		if (entry == NULL &&
+			pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) <
+			(uint32) counter_buffer_keys)
+		{
+			entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
+												HASH_ENTER_NULL, &found);
+			if (entry)
+			{
+				SpinLockInit(&entry->mutex);
+				entry->big = false;
+				entry->fold_xid = InvalidTransactionId;
+				memset(entry->slots, 0, sizeof(entry->slots));
+				entry->cached_at = 0;
+			}
+			else
+				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		}
+		else if (entry == NULL)
+			pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+	}
+	if (entry)
+	{
+		SpinLockAcquire(&entry->mutex);
+		if (at >= entry->cached_at)
+		{
+			entry->cached_at = at;
+			entry->cached_value = value;
+		}
+		SpinLockRelease(&entry->mutex);
+	}
+	LWLockRelease(lock);
+}
+
+/*
+ * Worker side of a fold, step 1: move every slot's pending into inflight,
+ * tagged with xid, and hand the amounts to emit().  Entries whose previous
+ * fold is still visible to someone are skipped this round (their pending
+ * stays, and stays readable).  Returns the number of amounts handed over.
+ */
+int
+CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg)
+{
+	TransactionId horizon = GetOldestNonRemovableTransactionId(NULL);
+	int			n = 0;
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_SHARED);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			bool		busy = false;
+			int			i;
+
+			if (entry->key.dbid != MyDatabaseId)
+				continue;
+			SpinLockAcquire(&entry->mutex);
+			/* settle the previous fold if nobody can still miss it */
+			if (TransactionIdIsValid(entry->fold_xid))
+			{
+				if (TransactionIdDidCommit(entry->fold_xid) &&
+					TransactionIdPrecedes(entry->fold_xid, horizon))
+				{
+					for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+						entry->slots[i].inflight = 0;
+					entry->fold_xid = InvalidTransactionId;
+				}
+				else
+					busy = true;
+			}
+			if (!busy)
+			{
+				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				{
+					CounterBufSlot *s = &entry->slots[i];
+
+					if (s->pending == 0)
+						continue;
+					s->inflight = s->pending;
+					s->pending = 0;
+					entry->fold_xid = xid;
+					emit(arg, entry->key.counter_id, entry->key.key, s->bucket,
+						 s->inflight);
+					n++;
+				}
+			}
+			SpinLockRelease(&entry->mutex);
+		}
+		CounterUnlockAll();
+	}
+	return n;
+}
+
+/*
+ * Worker side of a fold that failed: give inflight amounts tagged xid back
+ * to pending, so nothing is lost and the next fold retries them.
+ */
+void
+CounterBufUndrain(TransactionId xid)
+{
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_SHARED);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			int			i;
+
+			SpinLockAcquire(&entry->mutex);
+			if (entry->fold_xid == xid)
+			{
+				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				{
+					entry->slots[i].pending += entry->slots[i].inflight;
+					entry->slots[i].inflight = 0;
+				}
+				entry->fold_xid = InvalidTransactionId;
+			}
+			SpinLockRelease(&entry->mutex);
+		}
+		CounterUnlockAll();
+	}
+}
+
+/*
+ * Evict entries that hold nothing: no pending, inflight or references, and
+ * no cached total younger than keep_cache_us.  Keeps the buffer bounded.
+ */
+int
+CounterBufEvict(int64 keep_cache_us)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			evicted = 0;
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_EXCLUSIVE);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			bool		idle = true;
+			int			i;
+
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				if (entry->slots[i].pending != 0 || entry->slots[i].inflight != 0 ||
+					entry->slots[i].refs != 0)
+					idle = false;
+			if (idle && entry->cached_at != 0 && now - entry->cached_at < keep_cache_us)
+				idle = false;
+			if (idle && !entry->big)
+			{
+				hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
+				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+				evicted++;
+			}
+		}
+		CounterUnlockAll();
+	}
+	return evicted;
+}
+
+/* Totals of what the buffer holds for one counter (for counter.stats). */
+void
+CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys)
+{
+
+	*pending = 0;
+	*keys = 0;
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_SHARED);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			int64		sum = 0;
+			int			i;
+
+			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
+				continue;
+			SpinLockAcquire(&entry->mutex);
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				sum += entry->slots[i].pending;
+			SpinLockRelease(&entry->mutex);
+			if (sum != 0)
+			{
+				*pending += sum;
+				(*keys)++;
+			}
+		}
+		CounterUnlockAll();
+	}
+}
+
+/* The statistics entry of a counter, made on first use; NULL if full. */
+CounterStatsEntry *
+CounterStatsFor(int32 counter_id)
+{
+	CounterStatsEntry *e;
+	CounterStatsKey k;
+	bool		found;
+
+	if (!CounterShmemReady())
+		return NULL;
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	LWLockAcquire(counter_shared->stats_lock, LW_SHARED);
+	e = hash_search(stats_hash, &k, HASH_FIND, NULL);
+	LWLockRelease(counter_shared->stats_lock);
+	if (e)
+		return e;
+	LWLockAcquire(counter_shared->stats_lock, LW_EXCLUSIVE);
+	e = hash_search(stats_hash, &k, HASH_ENTER_NULL, &found);
+	if (e && !found)
+	{
+		int			i;
+
+		for (i = 0; i < COUNTER_STAT_COUNT; i++)
+			pg_atomic_init_u64(&e->n[i], 0);
+		pg_atomic_init_u64(&e->last_fold, 0);
+	}
+	LWLockRelease(counter_shared->stats_lock);
+	return e;
+}
+
+/* The ids of every counter with a statistics entry, into a growing array. */
+void
+CounterStatsIds(int32 **ids, int *n, int *cap)
+{
+	HASH_SEQ_STATUS status;
+	CounterStatsEntry *e;
+
+	LWLockAcquire(counter_shared->stats_lock, LW_SHARED);
+	hash_seq_init(&status, stats_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		if (*n == *cap)
+		{
+			*cap *= 2;
+			*ids = repalloc(*ids, sizeof(int32) * *cap);
+		}
+		(*ids)[(*n)++] = e->key.counter_id;
+	}
+	LWLockRelease(counter_shared->stats_lock);
+}
+
+/*
+ * Forget everything kept for a counter id: statistics, cached totals and
+ * buffered deltas.  Called when a new counter takes the id, which happens
+ * only after the extension was dropped and created again, so whatever is
+ * left belongs to a counter that no longer exists.
+ */
+void
+CounterShmemForget(int32 counter_id)
+{
+
+	CounterStatsKey k;
+	int			i;
+
+	if (!CounterShmemReady())
+		return;
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	LWLockAcquire(counter_shared->stats_lock, LW_EXCLUSIVE);
+	hash_search(stats_hash, &k, HASH_REMOVE, NULL);
+	LWLockRelease(counter_shared->stats_lock);
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_EXCLUSIVE);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
+				continue;
+			SpinLockAcquire(&entry->mutex);
+			entry->cached_at = 0;
+			entry->big = false;
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+			{
+				entry->slots[i].pending = 0;
+				entry->slots[i].inflight = 0;
+			}
+			SpinLockRelease(&entry->mutex);
+		}
+		CounterUnlockAll();
+	}
+}

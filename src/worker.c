@@ -1,0 +1,574 @@
+/*
+ * worker.c
+ *		The background worker: folds buffered increments into the tables,
+ *		compacts slot rows, rolls minute buckets up to hours and days, and
+ *		answers counter.flush().
+ *
+ * One worker per cluster, connected to counter.database.  Each unit of work
+ * is its own short transaction; the loop sleeps on its latch between rounds
+ * and never holds a transaction while it waits.  It idles quietly while the
+ * server is in recovery or the extension is not installed.  SIGTERM makes it
+ * fold once more after the other backends have left (a clean shutdown loses
+ * nothing), then exit; SIGHUP rereads the settings.  An error in a round is
+ * logged, counted in counter.worker_status(), and retried next round: a fold
+ * that fails gives its deltas back to the buffer first.
+ */
+#include "counter.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+
+PGDLLEXPORT void CounterWorkerMain(Datum arg);
+
+PG_FUNCTION_INFO_V1(counter_flush);
+PG_FUNCTION_INFO_V1(counter_compact);
+
+static volatile sig_atomic_t shutdown_requested = false;
+
+/* Amounts a fold has taken from the buffer, as arrays for one statement. */
+typedef struct FoldBatch
+{
+	int			n;
+	int			cap;
+	Datum	   *ids;
+	Datum	   *keys;
+	Datum	   *buckets;
+	Datum	   *deltas;
+} FoldBatch;
+
+/*
+ * Compaction steps, in order: which rows move (by slot, matching the
+ * partial indexes on counter.tally), into which slot, truncated to which
+ * unit, once their bucket is older than the start of the unit holding
+ * now - age.  Units are UTC hours and days, whatever the session's TimeZone.
+ */
+typedef struct CompactStep
+{
+	const char *pred;
+	const char *unit;
+	int16		target;
+	int64		age_us;
+} CompactStep;
+
+static const CompactStep compact_steps[] = {
+	{"(slot >= 0 OR slot = -4)", "minute", COUNTER_SLOT_MINUTE, 2 * USECS_PER_MINUTE},
+	{"slot = -1", "hour", COUNTER_SLOT_HOUR, USECS_PER_HOUR},
+	{"slot = -2", "day", COUNTER_SLOT_DAY, 7 * USECS_PER_DAY},
+};
+
+/* The cut-off time of a compaction step. */
+static TimestampTz
+CounterCompactBefore(const CompactStep *step, TimestampTz now)
+{
+	return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_trunc_zone,
+												   CStringGetTextDatum(step->unit),
+												   TimestampTzGetDatum(now - step->age_us),
+												   CStringGetTextDatum("UTC")));
+}
+
+/* Register the worker; only possible while shared_preload_libraries loads us. */
+void
+CounterWorkerInit(void)
+{
+	BackgroundWorker worker;
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "counter");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "CounterWorkerMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "counter worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "counter worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+/* SIGTERM: finish the round, fold once more, exit. */
+static void
+CounterWorkerSigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	shutdown_requested = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* Publish the worker's state for counter.worker_status(). */
+static void
+CounterSetState(const char *state)
+{
+	SpinLockAcquire(&counter_shared->mutex);
+	strlcpy(counter_shared->worker_state, state, sizeof(counter_shared->worker_state));
+	counter_shared->last_loop = GetCurrentTimestamp();
+	SpinLockRelease(&counter_shared->mutex);
+	pgstat_report_activity(STATE_RUNNING, state);
+}
+
+/* Record an error of a round; the round is retried later. */
+static void
+CounterRecordError(const char *what, ErrorData *edata)
+{
+	SpinLockAcquire(&counter_shared->mutex);
+	counter_shared->errors++;
+	counter_shared->last_error_at = GetCurrentTimestamp();
+	snprintf(counter_shared->last_error, sizeof(counter_shared->last_error),
+			 "%s: %s", what, edata->message);
+	SpinLockRelease(&counter_shared->mutex);
+}
+
+/* Drain callback: append one amount to the batch. */
+static void
+CounterFoldCollect(void *arg, int32 counter_id, int64 key, TimestampTz bucket,
+				   int64 delta)
+{
+	FoldBatch  *b = arg;
+
+	if (b->n == b->cap)
+	{
+		b->cap = Max(b->cap * 2, 1024);
+		b->ids = repalloc_huge(b->ids, sizeof(Datum) * b->cap);
+		b->keys = repalloc_huge(b->keys, sizeof(Datum) * b->cap);
+		b->buckets = repalloc_huge(b->buckets, sizeof(Datum) * b->cap);
+		b->deltas = repalloc_huge(b->deltas, sizeof(Datum) * b->cap);
+	}
+	b->ids[b->n] = Int32GetDatum(counter_id);
+	b->keys[b->n] = Int64GetDatum(key);
+	b->buckets[b->n] = TimestampTzGetDatum(bucket);
+	b->deltas[b->n] = Int64GetDatum(delta);
+	b->n++;
+}
+
+/* Whether counter is installed in this database (inside a transaction). */
+static bool
+CounterInstalledHere(void)
+{
+	return OidIsValid(get_extension_oid("counter", true));
+}
+
+/*
+ * One fold: move the buffer's pending deltas into the tables in one
+ * transaction.  On failure the deltas go back to the buffer.  Returns the
+ * number of amounts folded (-1 on failure).
+ */
+static int
+CounterFold(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	TransactionId xid = InvalidTransactionId;
+	FoldBatch	batch = {0};
+	TimestampTz start = GetCurrentTimestamp();
+	volatile int result = 0;
+
+	if (pg_atomic_read_u32(&counter_shared->nentries) == 0)
+		return 0;
+	batch.cap = 1024;
+	batch.ids = palloc(sizeof(Datum) * batch.cap);
+	batch.keys = palloc(sizeof(Datum) * batch.cap);
+	batch.buckets = palloc(sizeof(Datum) * batch.cap);
+	batch.deltas = palloc(sizeof(Datum) * batch.cap);
+
+	PG_TRY();
+	{
+		CounterScope scope;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (CounterInstalledHere())
+		{
+			MemoryContext xcxt = MemoryContextSwitchTo(cxt);
+
+			xid = GetTopTransactionId();
+			result = CounterBufDrain(xid, CounterFoldCollect, &batch);
+			MemoryContextSwitchTo(xcxt);
+			if (batch.n > 0)
+			{
+				CounterEnter(&scope);
+				CounterApplyBatch(NULL, batch.n, batch.ids, batch.keys, batch.buckets,
+								  batch.deltas, COUNTER_SLOT_FOLD);
+				CounterLeave(&scope);
+			}
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		if (TransactionIdIsValid(xid))
+			CounterBufUndrain(xid);
+		edata->elevel = WARNING;
+		ThrowErrorData(edata);
+		CounterRecordError("fold", edata);
+		FreeErrorData(edata);
+		result = -1;
+	}
+	PG_END_TRY();
+
+	if (result > 0)
+	{
+		TimestampTz end = GetCurrentTimestamp();
+		int			i;
+
+		for (i = 0; i < batch.n; i++)
+		{
+			CounterStatsEntry *e = CounterStatsFor(DatumGetInt32(batch.ids[i]));
+
+			if (e)
+			{
+				pg_atomic_fetch_add_u64(&e->n[COUNTER_STAT_FOLDED], 1);
+				pg_atomic_write_u64(&e->last_fold, (uint64) end);
+			}
+		}
+		SpinLockAcquire(&counter_shared->mutex);
+		counter_shared->last_fold = end;
+		counter_shared->last_fold_ms = (end - start) / 1000.0;
+		counter_shared->folds++;
+		counter_shared->folded_deltas += batch.n;
+		SpinLockRelease(&counter_shared->mutex);
+	}
+	pfree(batch.ids);
+	pfree(batch.keys);
+	pfree(batch.buckets);
+	pfree(batch.deltas);
+	return result;
+}
+
+/*
+ * One compaction step in the current transaction: move up to `limit` rows
+ * of the given slots with buckets before `before` into rows of target_slot,
+ * with buckets truncated to `unit`.  Returns the rows moved.
+ */
+static int64
+CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
+				   TimestampTz before, int limit)
+{
+	StringInfoData sql;
+	Oid			argtypes[3] = {TIMESTAMPTZOID, INT2OID, INT4OID};
+	Datum		values[3];
+	int			rc;
+	bool		isnull;
+	int64		moved;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH moved AS ("
+					 "  DELETE FROM counter.tally WHERE ctid = ANY (ARRAY("
+					 "   SELECT ctid FROM counter.tally"
+					 "   WHERE %s AND bucket > '-infinity' AND bucket < $1"
+					 "   LIMIT $3))"
+					 "  RETURNING counter_id, key, date_trunc('%s', bucket, 'UTC') AS b, value),"
+					 " ins AS ("
+					 "  INSERT INTO counter.tally AS t (counter_id, key, bucket, slot, value)"
+					 "  SELECT counter_id, key, b, $2, sum(value)::int8 FROM moved"
+					 "  GROUP BY counter_id, key, b ORDER BY counter_id, key, b"
+					 "  ON CONFLICT (counter_id, key, bucket, slot)"
+					 "  DO UPDATE SET value = t.value + excluded.value)"
+					 " SELECT count(*) FROM moved",
+					 slots_pred, unit);
+	values[0] = TimestampTzGetDatum(before);
+	values[1] = Int16GetDatum(target_slot);
+	values[2] = Int32GetDatum(limit);
+	rc = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "counter compaction failed: %s", SPI_result_code_string(rc));
+	moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	pfree(sql.data);
+	return moved;
+}
+
+/*
+ * Compact the tally, in short transactions of at most `limit` rows each:
+ *	1. writers' slot rows and folded rows of minutes that ended over a minute
+ *	   ago merge into one row per key and minute;
+ *	2. minute rows more than an hour old roll up into hour rows;
+ *	3. hour rows more than a week old roll up into day rows.
+ * A key therefore holds at most: its current writers' rows, about two hours
+ * of minute rows, a week of hour rows, and one row per older day.
+ * Totals and windows (at their resolution) are unchanged by every step.
+ * Returns the rows moved.
+ */
+static int64
+CounterCompactAll(TimestampTz now, int limit, int max_rounds)
+{
+	int64		total = 0;
+	int			i;
+
+	for (i = 0; i < lengthof(compact_steps); i++)
+	{
+		const CompactStep *step = &compact_steps[i];
+		TimestampTz before = CounterCompactBefore(step, now);
+		int			round;
+
+		for (round = 0; round < max_rounds; round++)
+		{
+			CounterScope scope;
+			int64		moved;
+
+			CHECK_FOR_INTERRUPTS();
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			if (!CounterInstalledHere())
+			{
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+				return total;
+			}
+			CounterEnter(&scope);
+			moved = CounterCompactStep(step->pred, step->unit, step->target,
+									   before, limit);
+			CounterLeave(&scope);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			total += moved;
+			if (moved < limit)
+				break;
+		}
+	}
+	SpinLockAcquire(&counter_shared->mutex);
+	counter_shared->compacted_rows += total;
+	SpinLockRelease(&counter_shared->mutex);
+	return total;
+}
+
+/* Compaction as a worker round, errors logged and counted. */
+static void
+CounterCompactRound(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		CounterCompactAll(GetCurrentTimestamp(), 10000, 20);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		edata->elevel = WARNING;
+		ThrowErrorData(edata);
+		CounterRecordError("compaction", edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/* Whether this server can run transactions that write (not a standby). */
+static bool
+CounterCanWrite(void)
+{
+	return !RecoveryInProgress();
+}
+
+/* Entry point of the background worker. */
+void
+CounterWorkerMain(Datum arg)
+{
+	MemoryContext loop_cxt;
+	TimestampTz last_compact = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, CounterWorkerSigterm);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(counter_database, NULL, 0);
+	pgstat_report_appname("counter worker");
+
+	SpinLockAcquire(&counter_shared->mutex);
+	counter_shared->worker_pid = MyProcPid;
+	counter_shared->worker_latch = MyLatch;
+	SpinLockRelease(&counter_shared->mutex);
+	ereport(LOG, (errmsg("counter worker started in database \"%s\"", counter_database)));
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "counter worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	while (!shutdown_requested)
+	{
+		uint64		requested = pg_atomic_read_u64(&counter_shared->fold_requested);
+		TimestampTz now;
+		bool		ready;
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		MemoryContextSwitchTo(loop_cxt);
+
+		ready = CounterCanWrite();
+		if (ready)
+		{
+			StartTransactionCommand();
+			ready = CounterInstalledHere();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(loop_cxt);
+		}
+		if (ready)
+		{
+			CounterSetState("folding");
+			if (CounterFold() >= 0)
+			{
+				pg_atomic_write_u64(&counter_shared->fold_done, requested);
+				ConditionVariableBroadcast(&counter_shared->fold_cv);
+			}
+			now = GetCurrentTimestamp();
+			if (counter_compact_interval > 0 &&
+				now - last_compact >= (int64) counter_compact_interval * 1000)
+			{
+				CounterSetState("compacting");
+				CounterCompactRound();
+				CounterBufEvict(60 * USECS_PER_SEC);
+				last_compact = now;
+			}
+			CounterSetState("idle");
+		}
+		else
+			CounterSetState(RecoveryInProgress() ? "waiting for recovery to end" :
+							"waiting for CREATE EXTENSION counter");
+		pgstat_report_activity(STATE_IDLE, NULL);
+		MemoryContextReset(loop_cxt);
+
+		/* a flush() request arriving during the round is served at once */
+		if (pg_atomic_read_u64(&counter_shared->fold_requested) != requested)
+			continue;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 ready ? counter_flush_interval : 1000L,
+						 PG_WAIT_EXTENSION);
+	}
+
+	/*
+	 * Shutdown: client backends are leaving too; once they are gone (or after
+	 * five seconds) fold what they committed, then exit.
+	 */
+	CounterSetState("stopping");
+	{
+		int			waited;
+
+		for (waited = 0; waited < 50 && CountDBConnections(InvalidOid) > 0; waited++)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 100L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		if (CounterCanWrite())
+		{
+			int			folded = CounterFold();
+
+			ereport(LOG,
+					(errmsg("counter worker folded %d buffered deltas at shutdown", Max(folded, 0))));
+		}
+	}
+	SpinLockAcquire(&counter_shared->mutex);
+	counter_shared->worker_pid = 0;
+	counter_shared->worker_latch = NULL;
+	strlcpy(counter_shared->worker_state, "stopped", sizeof(counter_shared->worker_state));
+	SpinLockRelease(&counter_shared->mutex);
+	ConditionVariableBroadcast(&counter_shared->fold_cv);
+	proc_exit(0);
+}
+
+/*
+ * counter.flush(): ask the worker to fold now and wait until it has.  What
+ * the caller's own transaction has not committed is not folded.
+ */
+Datum
+counter_flush(PG_FUNCTION_ARGS)
+{
+	uint64		target;
+	Latch	   *latch;
+	pid_t		pid;
+	TimestampTz deadline = GetCurrentTimestamp() + 60 * USECS_PER_SEC;
+
+	CounterRequireShmem("counter.flush()");
+	SpinLockAcquire(&counter_shared->mutex);
+	pid = counter_shared->worker_pid;
+	latch = counter_shared->worker_latch;
+	SpinLockRelease(&counter_shared->mutex);
+	if (pid == 0 || latch == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the counter worker is not running"),
+				 errhint("Check counter.database and the server log; counter.worker_status() shows the worker's state.")));
+
+	target = pg_atomic_add_fetch_u64(&counter_shared->fold_requested, 1);
+	SetLatch(latch);
+	ConditionVariablePrepareToSleep(&counter_shared->fold_cv);
+	while (pg_atomic_read_u64(&counter_shared->fold_done) < target)
+	{
+		if (GetCurrentTimestamp() > deadline)
+		{
+			ConditionVariableCancelSleep();
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("counter worker did not fold within 60 seconds"),
+					 errhint("counter.worker_status() shows the worker's state and last error.")));
+		}
+		SpinLockAcquire(&counter_shared->mutex);
+		latch = counter_shared->worker_latch;
+		SpinLockRelease(&counter_shared->mutex);
+		if (latch)
+			SetLatch(latch);
+		(void) ConditionVariableTimedSleep(&counter_shared->fold_cv, 100,
+										   PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_VOID();
+}
+
+/*
+ * counter.compact(now): run the worker's compaction in this session, e.g.
+ * in tests with an explicit now, or where no worker runs.  Superuser or the
+ * extension's owner only (it rewrites every counter's rows).
+ */
+Datum
+counter_compact(PG_FUNCTION_ARGS)
+{
+	TimestampTz now = PG_ARGISNULL(0) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(0);
+	CounterScope scope;
+	int64		total = 0;
+	int			i;
+
+	if (TIMESTAMP_NOT_FINITE(now))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("now must be a finite timestamp")));
+	CounterEnter(&scope);
+	for (i = 0; i < lengthof(compact_steps); i++)
+	{
+		const CompactStep *step = &compact_steps[i];
+
+		total += CounterCompactStep(step->pred, step->unit, step->target,
+									CounterCompactBefore(step, now), INT_MAX);
+	}
+	CounterLeave(&scope);
+	PG_RETURN_INT64(total);
+}
