@@ -4,6 +4,7 @@
  */
 #include "counter.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 int			counter_default_slots = 64;
@@ -24,14 +25,6 @@ CounterGucInit(void)
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("counter.buffer_keys",
-							"Keys the shared buffer of buffered counters can hold.",
-							"When it is full, increments of new keys take the durable path.",
-							&counter_buffer_keys,
-							16384, 64, 16 * 1024 * 1024,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
-
 	DefineCustomIntVariable("counter.flush_interval",
 							"How often the worker folds buffered increments into the tables.",
 							"This bounds what a crash can lose of buffered counters.",
@@ -48,13 +41,28 @@ CounterGucInit(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomStringVariable("counter.database",
-							   "Database the counter worker connects to.",
-							   NULL,
-							   &counter_database,
-							   "postgres",
-							   PGC_POSTMASTER, 0,
-							   NULL, NULL, NULL);
+	/*
+	 * Settings fixed at server start exist only when the library is
+	 * preloaded, the only case in which they mean anything.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("counter.buffer_keys",
+								"Keys the shared buffer of buffered counters can hold.",
+								"When it is full, increments of new keys take the durable path.",
+								&counter_buffer_keys,
+								16384, 64, 16 * 1024 * 1024,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+
+		DefineCustomStringVariable("counter.database",
+								   "Database the counter worker connects to.",
+								   NULL,
+								   &counter_database,
+								   "postgres",
+								   PGC_POSTMASTER, 0,
+								   NULL, NULL, NULL);
+	}
 
 	MarkGUCPrefixReserved("counter");
 }

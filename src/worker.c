@@ -8,8 +8,8 @@
  * is its own short transaction; the loop sleeps on its latch between rounds
  * and never holds a transaction while it waits.  It idles quietly while the
  * server is in recovery or the extension is not installed.  SIGTERM makes it
- * fold once more after the other backends have left (a clean shutdown loses
- * nothing), then exit; SIGHUP rereads the settings.  An error in a round is
+ * fold once more, and again while client backends are still leaving (a clean
+ * shutdown loses nothing), then exit; SIGHUP rereads the settings.  An error in a round is
  * logged, counted in counter.worker_status(), and retried next round: a fold
  * that fails gives its deltas back to the buffer first.
  */
@@ -466,26 +466,26 @@ CounterWorkerMain(Datum arg)
 	}
 
 	/*
-	 * Shutdown: client backends are leaving too; once they are gone (or after
-	 * five seconds) fold what they committed, then exit.
+	 * SIGTERM: fold now.  In a server shutdown client backends are leaving
+	 * at the same moment, so keep folding what they commit while any remain,
+	 * for at most a second; then exit.  Outside a shutdown whatever is
+	 * committed later waits in the buffer for the restarted worker.
 	 */
 	CounterSetState("stopping");
+	if (CounterCanWrite())
 	{
-		int			waited;
+		int			folded = Max(CounterFold(), 0);
+		int			round;
 
-		for (waited = 0; waited < 50 && CountDBConnections(InvalidOid) > 0; waited++)
+		for (round = 0; round < 10 && CountDBConnections(InvalidOid) > 0; round++)
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 100L, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
+			folded += Max(CounterFold(), 0);
 		}
-		if (CounterCanWrite())
-		{
-			int			folded = CounterFold();
-
-			ereport(LOG,
-					(errmsg("counter worker folded %d buffered deltas at shutdown", Max(folded, 0))));
-		}
+		ereport(LOG,
+				(errmsg("counter worker stopping; folded %d buffered deltas on the way out", folded)));
 	}
 	SpinLockAcquire(&counter_shared->mutex);
 	counter_shared->worker_pid = 0;
@@ -493,7 +493,7 @@ CounterWorkerMain(Datum arg)
 	strlcpy(counter_shared->worker_state, "stopped", sizeof(counter_shared->worker_state));
 	SpinLockRelease(&counter_shared->mutex);
 	ConditionVariableBroadcast(&counter_shared->fold_cv);
-	proc_exit(0);
+	proc_exit(1);			/* 1: the postmaster starts us again */
 }
 
 /*

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # test/lib.sh: shared shell plumbing for the test runner, the demo and the
 # benchmarks.  Source it from a bash script running with `set -euo pipefail`.
 #
@@ -19,12 +20,15 @@
 #   counter_stage                 copy the test inputs to $COUNTER_SRC
 #   counter_free_port             a free TCP port on 127.0.0.1
 #   counter_pg_start [LINE...]    initdb + start the private cluster
+#   counter_pg_restart            restart it (settings read at start-up)
 #   counter_pg_stop               stop it, if running
 #   counter_redis_start / _stop   a private redis-server, as $REDIS_PORT
 #   counter_cleanup               stop everything started
 #   counter_psql ARGS...          psql against the private cluster
 #   counter_now_ms                wall clock in milliseconds, for timings
 
+# Paths for this library and its callers.
+# shellcheck disable=SC2034
 COUNTER_PG_BIN=/usr/lib/postgresql/15/bin
 COUNTER_PG_CONFIG=$COUNTER_PG_BIN/pg_config
 COUNTER_PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
@@ -170,8 +174,8 @@ counter_port_busy() {
 
 # Echo a TCP port in 20000-60000 that nothing listens on.
 counter_free_port() {
-	local try port
-	for try in {1..200}; do
+	local port
+	for _ in {1..200}; do
 		port=$((20000 + RANDOM % 40001))
 		if ! counter_port_busy "$port"; then
 			echo "$port"
@@ -229,6 +233,16 @@ counter_pg_start() {
 	export PGHOST=$COUNTER_WORK PGPORT=$port PGUSER=postgres PGDATABASE=postgres
 }
 
+# Restart the private cluster on the same port, for settings that only take
+# effect at server start.
+counter_pg_restart() {
+	counter_as_pg pg_ctl restart -D "$COUNTER_WORK/pgdata" -m fast -w -t 60 \
+		-l "$COUNTER_WORK/pg.log" >/dev/null || {
+		tail -n 30 "$COUNTER_WORK/pg.log" >&2 || true
+		counter_die "PostgreSQL did not restart (log: $COUNTER_WORK/pg.log)"
+	}
+}
+
 # Stop the private cluster if it runs.
 counter_pg_stop() {
 	counter_pg_running || return 0
@@ -247,7 +261,7 @@ counter_redis_pid() {
 # Start a private redis-server on a free loopback port, with no persistence,
 # as the pg user; exports REDIS_PORT.
 counter_redis_start() {
-	local dir port try
+	local dir port
 
 	counter_workdir
 	dir=$COUNTER_WORK/redis
@@ -258,7 +272,7 @@ counter_redis_start() {
 		--appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
 		--dir "$dir" --logfile "$dir/redis.log" ||
 		counter_die "redis-server did not start"
-	for try in {1..100}; do
+	for _ in {1..100}; do
 		if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
 			export REDIS_PORT=$port
 			counter_say "started redis-server on port $port"
@@ -272,10 +286,10 @@ counter_redis_start() {
 
 # Stop our private redis-server if it runs: politely, then by its pid.
 counter_redis_stop() {
-	local pid try
+	local pid
 	pid=$(counter_redis_pid) || return 0
 	redis-cli -p "${REDIS_PORT:-0}" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-	for try in {1..50}; do
+	for _ in {1..50}; do
 		kill -0 "$pid" 2>/dev/null || return 0
 		sleep 0.1
 	done
@@ -290,5 +304,5 @@ counter_cleanup() {
 
 # psql against the private cluster, stopping at the first error.
 counter_psql() {
-	counter_as_pg psql -X -v ON_ERROR_STOP=1 "$@"
+	counter_as_pg psql -X -v ON_ERROR_STOP=1 -P pager=off "$@"
 }

@@ -1,0 +1,148 @@
+# The background worker: folding, reload on SIGHUP, SIGTERM, restart after
+# kill -9, idling without the extension, compaction, buffer-full fallback,
+# and what works without shared_preload_libraries.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+use FindBin;
+use lib $FindBin::RealBin;
+use CounterTest;
+
+my $node = PostgreSQL::Test::Cluster->new('worker');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'counter'
+counter.flush_interval = '200ms'
+counter.compact_interval = '1s'
+restart_after_crash = on
+});
+$node->start;
+
+# Without the extension the worker waits quietly.
+my $worker_pid = sub {
+	$node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'counter worker'");
+};
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker'"),
+	'worker runs, shown as "counter worker" in pg_stat_activity');
+usleep(1_500_000);
+unlike(slurp_file($node->logfile), qr/ERROR|FATAL/,
+	'no errors while the extension is not installed');
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION counter;
+	SELECT counter.create('buf', mode => 'buffered');
+});
+
+# Folding without being asked.
+$node->safe_psql('postgres', "SELECT counter.incr('buf', 1, 7)");
+ok($node->poll_query_until('postgres',
+	"SELECT coalesce(sum(value), 0) = 7 FROM counter.tally"),
+	'worker folds buffered increments on its own');
+is($node->safe_psql('postgres', "SELECT counter.get('buf', 1)"), '7', 'read after fold is exact');
+
+# SIGHUP: a long flush_interval stops timely folds, a short one brings them back.
+$node->safe_psql('postgres', "ALTER SYSTEM SET counter.flush_interval = '1h'");
+$node->reload;
+usleep(500_000);
+$node->safe_psql('postgres', "SELECT counter.incr('buf', 2, 5)");
+usleep(1_500_000);
+is($node->safe_psql('postgres', "SELECT count(*) FROM counter.tally WHERE key = 2"),
+	'0', 'after reload with flush_interval = 1h nothing is folded within 1.5 s');
+is($node->safe_psql('postgres', "SELECT counter.get('buf', 2)"), '5',
+	'unfolded increments are still read exactly');
+$node->safe_psql('postgres', "ALTER SYSTEM SET counter.flush_interval = '100ms'");
+$node->reload;
+$node->safe_psql('postgres', "SELECT counter.flush()");
+ok($node->poll_query_until('postgres',
+	"SELECT coalesce(sum(value), 0) = 5 FROM counter.tally WHERE key = 2"),
+	'after reload with 100ms the worker folds again');
+
+# SIGTERM: the worker folds, exits promptly and is started again.
+$node->safe_psql('postgres', "SELECT counter.incr('buf', 3, 11)");
+my $pid = $worker_pid->();
+my $t0 = time;
+kill 'TERM', $pid;
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"), 'worker exits on SIGTERM');
+cmp_ok(time - $t0, '<', 3, 'and does so promptly');
+is($node->safe_psql('postgres', "SELECT coalesce(sum(value), 0) FROM counter.tally WHERE key = 3"),
+	'11', 'it folded what was buffered on its way out');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker' AND pid <> $pid"),
+	'postmaster starts the worker again');
+
+# kill -9 of the worker: a crash restart; direct and sharded lose nothing.
+$node->safe_psql('postgres', q{
+	SELECT counter.create('dur');
+	SELECT counter.incr('dur', 1, 100);
+});
+$pid = $worker_pid->();
+kill 'KILL', $pid;
+$node->poll_query_until('postgres', 'SELECT true') or die 'no recovery';
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker'"),
+	'worker back after kill -9');
+is($node->safe_psql('postgres', "SELECT counter.get('dur', 1)"), '100',
+	'sharded count survives a kill -9 of the worker');
+is($node->safe_psql('postgres', "SELECT counter.get('buf', 1) + counter.get('buf', 2) + counter.get('buf', 3)"),
+	'23', 'folded buffered counts survive it too');
+
+# Compaction: rows of many past minutes and slots shrink to one per minute,
+# minutes over an hour old become hours; totals never change.
+$node->safe_psql('postgres', q{
+	SELECT counter.create('busy', slots => 8);
+	SELECT counter.alter('busy', mode => 'sharded');
+});
+for my $i (1 .. 8)
+{
+	# each session writes its own slot rows, 30 past minutes each
+	$node->safe_psql('postgres',
+		"SELECT counter.incr('busy', 1, 1, at => now() - make_interval(mins => m)) FROM generate_series(3, 92, 3) AS m");
+}
+my $rows_before = $node->safe_psql('postgres',
+	"SELECT count(*) FROM counter.tally t JOIN counter.counters c ON c.id = t.counter_id WHERE c.name = 'busy'");
+cmp_ok($rows_before, '>=', 30, "one row per minute at least before compaction ($rows_before)");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) FILTER (WHERE slot >= 0) = 0 AND count(*) FILTER (WHERE slot = -2) >= 1"
+	  . " FROM counter.tally t JOIN counter.counters c ON c.id = t.counter_id WHERE c.name = 'busy'"),
+	'old minutes rolled up into hours');
+is($node->safe_psql('postgres', "SELECT counter.get('busy', 1)"), '240', 'total unchanged by compaction');
+cmp_ok($node->safe_psql('postgres', q{
+	SELECT (SELECT compacted_rows FROM counter.worker_status())}), '>', 0,
+	'worker_status counts compacted rows');
+
+# A full buffer: increments of new keys take the durable path, none is lost.
+$node->append_conf('postgresql.conf', "counter.buffer_keys = 64\n");
+$node->restart;
+$node->safe_psql('postgres', "SELECT counter.create('many', mode => 'buffered')");
+$node->safe_psql('postgres', "SELECT counter.incr('many', k) FROM generate_series(1, 500) AS k");
+$node->safe_psql('postgres', "SELECT counter.incr('many', k) FROM generate_series(1, 500) AS k");
+is($node->safe_psql('postgres',
+	"SELECT sum(value) FROM counter.get_many('many', ARRAY(SELECT generate_series(1, 500))::bigint[])"),
+	'1000', 'all 1000 increments of 500 keys counted with a 64-key buffer');
+cmp_ok($node->safe_psql('postgres', "SELECT fallback FROM counter.stats WHERE name = 'many'"),
+	'>', 0, 'stats show the durable fallback');
+cmp_ok($node->safe_psql('postgres', "SELECT buffer_keys FROM counter.worker_status()"),
+	'<=', 64, 'buffer stays within counter.buffer_keys');
+$node->stop;
+
+# Without shared_preload_libraries: the durable modes work, the rest says how.
+my $plain = counter_node('plain');
+$plain->safe_psql('postgres', "SELECT counter.create('s'); SELECT counter.incr('s', 1)");
+is($plain->safe_psql('postgres', "SELECT counter.get('s', 1)"), '1', 'sharded works without preload');
+for my $sql ("SELECT counter.create('b', mode => 'buffered')", "SELECT counter.flush()",
+	"SELECT * FROM counter.stats", "SELECT counter.get('s', 1, max_age => '1 s')")
+{
+	my ($ret, $out, $err) = $plain->psql('postgres', $sql, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/55000.*shared_preload_libraries|55000[\s\S]*shared_preload_libraries/,
+		"without preload, $sql fails with 55000 and names the setting");
+}
+$plain->stop;
+
+done_testing();
