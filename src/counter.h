@@ -201,6 +201,11 @@ extern void CounterCountStat(int32 counter_id, CounterStat stat, int64 n);
 /* worker.c */
 extern void CounterWorkerInit(void);
 
+/* redis.c */
+extern void CounterRedisGucInit(void);
+extern void CounterRedisRound(void);
+extern void CounterRedisShutdown(void);
+
 /* catalog.c */
 extern void CounterCatalogInit(void);
 extern bool CounterLookupById(int32 id, CounterDef *def);

@@ -64,5 +64,6 @@ CounterGucInit(void)
 								   NULL, NULL, NULL);
 	}
 
+	CounterRedisGucInit();
 	MarkGUCPrefixReserved("counter");
 }

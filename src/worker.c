@@ -440,6 +440,8 @@ CounterWorkerMain(Datum arg)
 				pg_atomic_write_u64(&counter_shared->fold_done, requested);
 				ConditionVariableBroadcast(&counter_shared->fold_cv);
 			}
+			CounterSetState("draining redis");
+			CounterRedisRound();
 			now = GetCurrentTimestamp();
 			if (counter_compact_interval > 0 &&
 				now - last_compact >= (int64) counter_compact_interval * 1000)
@@ -487,6 +489,7 @@ CounterWorkerMain(Datum arg)
 		ereport(LOG,
 				(errmsg("counter worker stopping; folded %d buffered deltas on the way out", folded)));
 	}
+	CounterRedisShutdown();
 	SpinLockAcquire(&counter_shared->mutex);
 	counter_shared->worker_pid = 0;
 	counter_shared->worker_latch = NULL;
