@@ -20,3 +20,6 @@ SHLIB_LINK = -lhiredis
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Every object depends on the shared header.
+$(OBJS): src/counter.h

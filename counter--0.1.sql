@@ -73,6 +73,7 @@ CREATE TABLE @extschema@.definition (
 		CHECK (mode IN ('direct', 'sharded', 'buffered')),
 	slots integer NOT NULL DEFAULT 64 CHECK (slots BETWEEN 1 AND 1024),
 	key_type text NOT NULL DEFAULT 'bigint' CHECK (key_type IN ('bigint', 'text')),
+	redis_prefix text CHECK (redis_prefix <> ''),	-- null: '<name>:'
 	owner pg_catalog.regrole NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -136,10 +137,11 @@ COMMENT ON FUNCTION @extschema@.create(text, text, integer, text) IS
 CREATE FUNCTION @extschema@.alter(
 	counter @extschema@.counter,
 	mode text DEFAULT NULL,
-	slots integer DEFAULT NULL)
+	slots integer DEFAULT NULL,
+	redis_prefix text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer) IS
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text) IS
 	'change a counter''s settings online; arguments left null keep their value';
 
 CREATE FUNCTION @extschema@.drop(counter @extschema@.counter)
@@ -149,7 +151,9 @@ COMMENT ON FUNCTION @extschema@.drop(@extschema@.counter) IS
 	'drop a counter and all its counts';
 
 CREATE VIEW @extschema@.counters AS
-	SELECT d.name, d.id, d.mode, d.slots, d.key_type, d.owner, d.created_at
+	SELECT d.name, d.id, d.mode, d.slots, d.key_type,
+		coalesce(d.redis_prefix, d.name OPERATOR(pg_catalog.||) ':') AS redis_prefix,
+		d.owner, d.created_at
 	FROM @extschema@.definition AS d;
 COMMENT ON VIEW @extschema@.counters IS 'declared counters and their settings';
 
@@ -260,8 +264,9 @@ COMMENT ON FUNCTION @extschema@.compact(timestamptz) IS
 CREATE FUNCTION @extschema@.stats_raw(
 	OUT counter_id integer, OUT direct bigint, OUT sharded bigint,
 	OUT buffered bigint, OUT fallback bigint, OUT folded bigint,
-	OUT cache_hits bigint, OUT pending bigint, OUT pending_keys bigint,
-	OUT last_fold timestamptz, OUT errors bigint)
+	OUT cache_hits bigint, OUT redis bigint, OUT deduplicated bigint,
+	OUT rate_limited bigint, OUT pending bigint, OUT pending_keys bigint,
+	OUT last_fold timestamptz)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'counter_stats_raw' LANGUAGE C VOLATILE;
 
@@ -278,11 +283,14 @@ COMMENT ON FUNCTION @extschema@.worker_status() IS
 
 CREATE VIEW @extschema@.stats AS
 	SELECT d.name, d.mode,
-		coalesce(s.direct + s.sharded + s.buffered + s.fallback, 0) AS increments,
+		coalesce(s.direct + s.sharded + s.buffered + s.fallback + s.redis, 0) AS increments,
 		coalesce(s.direct, 0) AS direct,
 		coalesce(s.sharded, 0) AS sharded,
 		coalesce(s.buffered, 0) AS buffered,
 		coalesce(s.fallback, 0) AS fallback,
+		coalesce(s.redis, 0) AS redis,
+		coalesce(s.deduplicated, 0) AS deduplicated,
+		coalesce(s.rate_limited, 0) AS rate_limited,
 		coalesce(s.folded, 0) AS folded,
 		coalesce(s.pending, 0) AS pending,
 		coalesce(s.pending_keys, 0) AS pending_keys,
@@ -294,7 +302,7 @@ CREATE VIEW @extschema@.stats AS
 	LEFT JOIN @extschema@.stats_raw() AS s ON s.counter_id OPERATOR(pg_catalog.=) d.id
 	CROSS JOIN @extschema@.worker_status() AS w;
 COMMENT ON VIEW @extschema@.stats IS
-	'per counter since server start: committed increments by path, buffered deltas pending and folded, cache hits, last fold';
+	'per counter since server start: committed increments by path (increments = accepted), refused duplicates and rate-limited ones, buffered deltas pending and folded, cache hits, last fold';
 
 -- Privileges ----------------------------------------------------------------
 -- Nothing is granted to PUBLIC but the type's own functions and the list of
@@ -304,7 +312,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION
 	@extschema@.create(text, text, integer, text),
-	@extschema@.alter(@extschema@.counter, text, integer),
+	@extschema@.alter(@extschema@.counter, text, integer, text),
 	@extschema@.drop(@extschema@.counter),
 	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz),
 	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz),

@@ -540,7 +540,8 @@ counter_create(PG_FUNCTION_ARGS)
 }
 
 /*
- * counter.alter(counter, mode, slots): change a counter's settings online.
+ * counter.alter(counter, mode, slots, redis_prefix): change a counter's
+ * settings online.
  * Every slot and mode writes the same tally rows, so no increment in flight
  * is lost whichever setting a concurrent writer still has cached.
  */
@@ -549,9 +550,9 @@ counter_alter(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
 	CounterScope scope;
-	Oid			argtypes[3] = {INT4OID, TEXTOID, INT4OID};
-	Datum		values[3];
-	char		nulls[3] = {' ', 'n', 'n'};
+	Oid			argtypes[4] = {INT4OID, TEXTOID, INT4OID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', 'n', 'n', 'n'};
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -572,12 +573,24 @@ counter_alter(PG_FUNCTION_ARGS)
 		values[2] = Int32GetDatum(CounterCheckSlots(PG_GETARG_INT32(2)));
 		nulls[2] = ' ';
 	}
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(3));
+
+		if (prefix[0] == '\0' || strlen(prefix) > 200)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("redis_prefix must have between 1 and 200 characters")));
+		values[3] = CStringGetTextDatum(prefix);
+		nulls[3] = ' ';
+	}
 	CounterEnter(&scope);
 	CounterExec("UPDATE counter.definition SET"
 				" mode = coalesce($2, mode),"
-				" slots = coalesce($3, slots)"
+				" slots = coalesce($3, slots),"
+				" redis_prefix = coalesce($4, redis_prefix)"
 				" WHERE id = $1",
-				3, argtypes, values, nulls);
+				4, argtypes, values, nulls);
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();

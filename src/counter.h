@@ -109,6 +109,9 @@ typedef enum CounterStat
 	COUNTER_STAT_FALLBACK,		/* buffered increments that took the durable path */
 	COUNTER_STAT_FOLDED,		/* buffered deltas folded into the tables */
 	COUNTER_STAT_CACHE_HITS,	/* get(max_age) answered from the cache */
+	COUNTER_STAT_REDIS,			/* deltas drained from Redis */
+	COUNTER_STAT_DEDUPED,		/* increments refused as duplicate events */
+	COUNTER_STAT_LIMITED,		/* increments refused by an actor's rate limit */
 	COUNTER_STAT_COUNT
 } CounterStat;
 

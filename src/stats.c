@@ -28,8 +28,8 @@ counter_stats_raw(PG_FUNCTION_ARGS)
 	for (i = 0; i < nids; i++)
 	{
 		CounterStatsEntry *e = CounterStatsFor(ids[i]);
-		Datum		values[11];
-		bool		nulls[11] = {0};
+		Datum		values[COUNTER_STAT_COUNT + 4];
+		bool		nulls[COUNTER_STAT_COUNT + 4] = {0};
 		int64		pending;
 		int64		keys;
 		uint64		last;
@@ -37,17 +37,16 @@ counter_stats_raw(PG_FUNCTION_ARGS)
 
 		if (e == NULL)
 			continue;
+		/* counter_id, one column per CounterStat, pending, pending_keys, last_fold */
 		values[0] = Int32GetDatum(ids[i]);
 		for (j = 0; j < COUNTER_STAT_COUNT; j++)
 			values[1 + j] = Int64GetDatum((int64) pg_atomic_read_u64(&e->n[j]));
 		CounterBufCounterTotals(ids[i], &pending, &keys);
-		values[7] = Int64GetDatum(pending);
-		values[8] = Int64GetDatum(keys);
+		values[COUNTER_STAT_COUNT + 1] = Int64GetDatum(pending);
+		values[COUNTER_STAT_COUNT + 2] = Int64GetDatum(keys);
 		last = pg_atomic_read_u64(&e->last_fold);
-		values[9] = TimestampTzGetDatum((TimestampTz) last);
-		nulls[9] = (last == 0);
-		values[10] = Int64GetDatum(0);
-		nulls[10] = true;
+		values[COUNTER_STAT_COUNT + 3] = TimestampTzGetDatum((TimestampTz) last);
+		nulls[COUNTER_STAT_COUNT + 3] = (last == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
