@@ -10,9 +10,9 @@ REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 # The suites run in the database the worker folds (counter.database), which
 # the test runner creates; each suite creates the extension itself.
 REGRESS_DB ?= contrib_regression
-REGRESS_OPTS = --inputdir=. --use-existing --dbname=$(REGRESS_DB)
+REGRESS_OPTS = --inputdir=. --use-existing
 ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
-ISOLATION_OPTS = --use-existing --dbname=$(REGRESS_DB)
+ISOLATION_OPTS = --use-existing
 
 PG_CPPFLAGS = -I$(srcdir)/src
 SHLIB_LINK = -lhiredis
@@ -20,6 +20,11 @@ SHLIB_LINK = -lhiredis
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS adds --dbname=$(CONTRIB_TESTDB) / $(ISOLATION_TESTDB): both suites use
+# the worker's database.
+CONTRIB_TESTDB = $(REGRESS_DB)
+ISOLATION_TESTDB = $(REGRESS_DB)
 
 # Every object depends on the shared header.
 $(OBJS): src/counter.h

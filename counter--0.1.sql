@@ -74,6 +74,10 @@ CREATE TABLE @extschema@.definition (
 	slots integer NOT NULL DEFAULT 64 CHECK (slots BETWEEN 1 AND 1024),
 	key_type text NOT NULL DEFAULT 'bigint' CHECK (key_type IN ('bigint', 'text')),
 	redis_prefix text CHECK (redis_prefix <> ''),	-- null: '<name>:'
+	dedup_window interval NOT NULL DEFAULT '1 day' CHECK (dedup_window >= '0'),
+	max_per_actor integer NOT NULL DEFAULT 0 CHECK (max_per_actor >= 0),	-- 0: no limit
+	rate_window interval NOT NULL DEFAULT '1 minute' CHECK (rate_window > '0'),
+	max_delta bigint NOT NULL DEFAULT 0 CHECK (max_delta >= 0),	-- 0: no limit
 	owner pg_catalog.regrole NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -108,11 +112,37 @@ CREATE TABLE @extschema@.text_key (
 COMMENT ON TABLE @extschema@.text_key IS
 	'stable bigint ids of text keys; ids are never reused';
 
+-- Event ids seen, for counting each at most once per dedup_window.
+CREATE TABLE @extschema@.event_seen (
+	counter_id integer NOT NULL,
+	event text NOT NULL,
+	expires_at timestamptz NOT NULL,
+	PRIMARY KEY (counter_id, event)
+);
+CREATE INDEX event_seen_expires ON @extschema@.event_seen (expires_at);
+COMMENT ON TABLE @extschema@.event_seen IS
+	'event ids counted within their counter''s dedup_window; the worker purges expired ones';
+
+-- Increments per (actor, key) in the current rate window.
+CREATE TABLE @extschema@.actor_rate (
+	counter_id integer NOT NULL,
+	actor text NOT NULL,
+	key bigint NOT NULL,
+	window_start timestamptz NOT NULL,
+	n integer NOT NULL,
+	PRIMARY KEY (counter_id, actor, key)
+) WITH (fillfactor = 70);
+CREATE INDEX actor_rate_window ON @extschema@.actor_rate (window_start);
+COMMENT ON TABLE @extschema@.actor_rate IS
+	'increments per actor and key in the current rate_window; the worker purges stale ones';
+
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.definition', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.definition_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tally', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.text_key', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.text_key_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.event_seen', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.actor_rate', '');
 
 CREATE FUNCTION @extschema@.definition_changed()
 RETURNS trigger
@@ -138,10 +168,14 @@ CREATE FUNCTION @extschema@.alter(
 	counter @extschema@.counter,
 	mode text DEFAULT NULL,
 	slots integer DEFAULT NULL,
-	redis_prefix text DEFAULT NULL)
+	redis_prefix text DEFAULT NULL,
+	dedup_window interval DEFAULT NULL,
+	max_per_actor integer DEFAULT NULL,
+	rate_window interval DEFAULT NULL,
+	max_delta bigint DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text) IS
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint) IS
 	'change a counter''s settings online; arguments left null keep their value';
 
 CREATE FUNCTION @extschema@.drop(counter @extschema@.counter)
@@ -153,6 +187,7 @@ COMMENT ON FUNCTION @extschema@.drop(@extschema@.counter) IS
 CREATE VIEW @extschema@.counters AS
 	SELECT d.name, d.id, d.mode, d.slots, d.key_type,
 		coalesce(d.redis_prefix, d.name OPERATOR(pg_catalog.||) ':') AS redis_prefix,
+		d.dedup_window, d.max_per_actor, d.rate_window, d.max_delta,
 		d.owner, d.created_at
 	FROM @extschema@.definition AS d;
 COMMENT ON VIEW @extschema@.counters IS 'declared counters and their settings';
@@ -163,20 +198,24 @@ CREATE FUNCTION @extschema@.incr(
 	counter @extschema@.counter,
 	key bigint,
 	delta bigint DEFAULT 1,
-	at timestamptz DEFAULT NULL)
+	at timestamptz DEFAULT NULL,
+	event text DEFAULT NULL,
+	actor text DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'counter_incr' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz) IS
-	'add delta to a key at time at (default: now), in the current transaction; true when counted';
+COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz, text, text) IS
+	'add delta to a key at time at (default: now), in the current transaction; false when refused as a duplicate event or by the actor''s rate limit';
 
 CREATE FUNCTION @extschema@.incr(
 	counter @extschema@.counter,
 	key text,
 	delta bigint DEFAULT 1,
-	at timestamptz DEFAULT NULL)
+	at timestamptz DEFAULT NULL,
+	event text DEFAULT NULL,
+	actor text DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'counter_incr' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, text, bigint, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.incr(@extschema@.counter, text, bigint, timestamptz, text, text) IS
 	'add delta to a text key (or a bigint key spelt as text); true when counted';
 
 CREATE FUNCTION @extschema@.incr_many(
@@ -259,7 +298,7 @@ CREATE FUNCTION @extschema@.compact(now timestamptz DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'counter_compact' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.compact(timestamptz) IS
-	'merge slot rows and roll old minutes up to hours and days now, as the worker does; returns rows moved';
+	'merge slot rows, roll old minutes up to hours and days, and purge expired event ids and rate windows now, as the worker does; returns rows moved or purged';
 
 CREATE FUNCTION @extschema@.stats_raw(
 	OUT counter_id integer, OUT direct bigint, OUT sharded bigint,
@@ -312,10 +351,10 @@ REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION
 	@extschema@.create(text, text, integer, text),
-	@extschema@.alter(@extschema@.counter, text, integer, text),
+	@extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint),
 	@extschema@.drop(@extschema@.counter),
-	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz),
-	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz),
+	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz, text, text),
+	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz, text, text),
 	@extschema@.incr_many(@extschema@.counter, bigint[], bigint[], timestamptz),
 	@extschema@.get(@extschema@.counter, bigint, interval),
 	@extschema@.get(@extschema@.counter, text, interval),

@@ -10,7 +10,7 @@ CREATE ROLE counter_admin;
 CREATE ROLE counter_nobody;
 
 GRANT USAGE ON SCHEMA counter TO counter_app, counter_reader, counter_admin, counter_nobody;
-GRANT EXECUTE ON FUNCTION counter.incr(counter.counter, bigint, bigint, timestamptz),
+GRANT EXECUTE ON FUNCTION counter.incr(counter.counter, bigint, bigint, timestamptz, text, text),
                           counter.get(counter.counter, bigint, interval) TO counter_app;
 GRANT EXECUTE ON FUNCTION counter.get(counter.counter, bigint, interval) TO counter_reader;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA counter TO counter_admin;

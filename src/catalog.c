@@ -25,6 +25,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -301,6 +302,10 @@ CounterDefFromTuple(CounterDef *def)
 	s = SPI_getvalue(tup, desc, 5);
 	def->key_type = strcmp(s, "text") == 0 ? COUNTER_KEY_TEXT : COUNTER_KEY_BIGINT;
 	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+	def->dedup_window_us = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	def->max_per_actor = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	def->rate_window_us = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+	def->max_delta = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
 }
 
 /* Create the two hash tables if an invalidation dropped them. */
@@ -361,7 +366,11 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 		Datum		values[1] = {Int32GetDatum(id)};
 
 		rc = SPI_execute_plan(CounterPlan(&plan_by_id,
-										  "SELECT id, name, mode, slots, key_type, owner::oid"
+										  "SELECT id, name, mode, slots, key_type, owner::oid,"
+										  " (extract(epoch FROM dedup_window) * 1000000)::int8,"
+										  " max_per_actor,"
+										  " (extract(epoch FROM rate_window) * 1000000)::int8,"
+										  " max_delta"
 										  " FROM counter.definition WHERE id = $1",
 										  1, argtypes),
 							  values, NULL, false, 1);
@@ -372,7 +381,11 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 		Datum		values[1] = {CStringGetTextDatum(name)};
 
 		rc = SPI_execute_plan(CounterPlan(&plan_by_name,
-										  "SELECT id, name, mode, slots, key_type, owner::oid"
+										  "SELECT id, name, mode, slots, key_type, owner::oid,"
+										  " (extract(epoch FROM dedup_window) * 1000000)::int8,"
+										  " max_per_actor,"
+										  " (extract(epoch FROM rate_window) * 1000000)::int8,"
+										  " max_delta"
 										  " FROM counter.definition WHERE name = $1",
 										  1, argtypes),
 							  values, NULL, false, 1);
@@ -540,19 +553,51 @@ counter_create(PG_FUNCTION_ARGS)
 }
 
 /*
- * counter.alter(counter, mode, slots, redis_prefix): change a counter's
- * settings online.
+ * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
+ * max_per_actor, rate_window, max_delta): change a counter's settings
+ * online; arguments left null keep their value.
  * Every slot and mode writes the same tally rows, so no increment in flight
  * is lost whichever setting a concurrent writer still has cached.
  */
+/* Check an interval setting: not negative (or, with positive, above zero), no months. */
+static Datum
+CounterCheckInterval(Datum d, const char *what, bool positive)
+{
+	Interval   *iv = DatumGetIntervalP(d);
+	int64		us = iv->time + (int64) iv->day * USECS_PER_DAY;
+
+	if (iv->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be given in months or years", what),
+				 errhint("Give it in days, e.g. '30 days'.")));
+	if (us < 0 || (positive && us == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be %s", what, positive ? "positive" : "zero or positive")));
+	return d;
+}
+
+/* Check a limit setting: zero (no limit) or positive. */
+static void
+CounterCheckLimit(int64 v, const char *what)
+{
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be zero (no limit) or positive", what)));
+}
+
 Datum
 counter_alter(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
 	CounterScope scope;
-	Oid			argtypes[4] = {INT4OID, TEXTOID, INT4OID, TEXTOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', 'n', 'n', 'n'};
+	Oid			argtypes[8] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
+	INTERVALOID, INT4OID, INTERVALOID, INT8OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', 'n', 'n', 'n', 'n', 'n', 'n', 'n'};
+	int			i;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -561,36 +606,46 @@ counter_alter(PG_FUNCTION_ARGS)
 	CounterGetById(PG_GETARG_INT32(0), &def);
 	CounterCheckOwner(&def);
 	values[0] = Int32GetDatum(def.id);
-	if (!PG_ARGISNULL(1))
+	for (i = 1; i < 8; i++)
 	{
-		CounterMode mode = CounterParseMode(text_to_cstring(PG_GETARG_TEXT_PP(1)));
-
-		values[1] = CStringGetTextDatum(CounterModeName(mode));
-		nulls[1] = ' ';
+		if (PG_NARGS() <= i || PG_ARGISNULL(i))
+			continue;
+		nulls[i] = ' ';
+		values[i] = PG_GETARG_DATUM(i);
 	}
-	if (!PG_ARGISNULL(2))
+	if (nulls[1] == ' ')
+		values[1] = CStringGetTextDatum(CounterModeName(CounterParseMode(TextDatumGetCString(values[1]))));
+	if (nulls[2] == ' ')
+		CounterCheckSlots(DatumGetInt32(values[2]));
+	if (nulls[3] == ' ')
 	{
-		values[2] = Int32GetDatum(CounterCheckSlots(PG_GETARG_INT32(2)));
-		nulls[2] = ' ';
-	}
-	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
-	{
-		char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		char	   *prefix = TextDatumGetCString(values[3]);
 
 		if (prefix[0] == '\0' || strlen(prefix) > 200)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("redis_prefix must have between 1 and 200 characters")));
-		values[3] = CStringGetTextDatum(prefix);
-		nulls[3] = ' ';
 	}
+	if (nulls[4] == ' ')
+		CounterCheckInterval(values[4], "dedup_window", false);
+	if (nulls[5] == ' ')
+		CounterCheckLimit(DatumGetInt32(values[5]), "max_per_actor");
+	if (nulls[6] == ' ')
+		CounterCheckInterval(values[6], "rate_window", true);
+	if (nulls[7] == ' ')
+		CounterCheckLimit(DatumGetInt64(values[7]), "max_delta");
+
 	CounterEnter(&scope);
 	CounterExec("UPDATE counter.definition SET"
 				" mode = coalesce($2, mode),"
 				" slots = coalesce($3, slots),"
-				" redis_prefix = coalesce($4, redis_prefix)"
+				" redis_prefix = coalesce($4, redis_prefix),"
+				" dedup_window = coalesce($5, dedup_window),"
+				" max_per_actor = coalesce($6, max_per_actor),"
+				" rate_window = coalesce($7, rate_window),"
+				" max_delta = coalesce($8, max_delta)"
 				" WHERE id = $1",
-				4, argtypes, values, nulls);
+				8, argtypes, values, nulls);
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();

@@ -64,6 +64,10 @@ typedef struct CounterDef
 	int32		slots;
 	CounterKeyType key_type;
 	Oid			owner;
+	int64		dedup_window_us;	/* how long an event id is remembered */
+	int32		max_per_actor;	/* increments per actor and key; 0: no limit */
+	int64		rate_window_us;
+	int64		max_delta;		/* largest |delta| accepted; 0: no limit */
 } CounterDef;
 
 /* Saved state of CounterEnter, restored by CounterLeave. */
@@ -200,6 +204,13 @@ extern int64 CounterLocalPending(int32 counter_id, int64 key, TimestampTz from,
 								 TimestampTz to);
 extern bool CounterLocalWrites(void);
 extern void CounterCountStat(int32 counter_id, CounterStat stat, int64 n);
+
+/* limits.c */
+extern bool CounterEventSeen(const CounterDef *def, text *event, TimestampTz when);
+extern bool CounterEventRecord(const CounterDef *def, text *event, TimestampTz when);
+extern bool CounterActorAllow(const CounterDef *def, text *actor, int64 key,
+							  TimestampTz when);
+extern int64 CounterPurgeLimits(TimestampTz now, int limit);
 
 /* worker.c */
 extern void CounterWorkerInit(void);

@@ -307,7 +307,8 @@ CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
  *	2. minute rows more than an hour old roll up into hour rows;
  *	3. hour rows more than a week old roll up into day rows.
  * A key therefore holds at most: its current writers' rows, about two hours
- * of minute rows, a week of hour rows, and one row per older day.
+ * of minute rows, a week of hour rows, and one row per older day.  Expired
+ * event ids and stale rate windows are purged in the same round.
  * Totals and windows (at their resolution) are unchanged by every step.
  * Returns the rows moved.
  */
@@ -346,6 +347,28 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 			CommitTransactionCommand();
 			total += moved;
 			if (moved < limit)
+				break;
+		}
+	}
+	/* expired event ids and stale rate windows, in batches too */
+	{
+		int			round;
+
+		for (round = 0; round < max_rounds; round++)
+		{
+			CounterScope scope;
+			int64		purged;
+
+			CHECK_FOR_INTERRUPTS();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			CounterEnter(&scope);
+			purged = CounterPurgeLimits(now, limit);
+			CounterLeave(&scope);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			total += purged;
+			if (purged < limit)
 				break;
 		}
 	}
@@ -548,8 +571,9 @@ counter_flush(PG_FUNCTION_ARGS)
 }
 
 /*
- * counter.compact(now): run the worker's compaction in this session, e.g.
- * in tests with an explicit now, or where no worker runs.  Superuser or the
+ * counter.compact(now): run the worker's compaction, and its purge of
+ * expired event ids and rate windows, in this session, e.g. in tests with
+ * an explicit now, or where no worker runs.  Superuser or the
  * extension's owner only (it rewrites every counter's rows).
  */
 Datum
@@ -572,6 +596,7 @@ counter_compact(PG_FUNCTION_ARGS)
 		total += CounterCompactStep(step->pred, step->unit, step->target,
 									CounterCompactBefore(step, now), INT_MAX);
 	}
+	total += CounterPurgeLimits(now, INT_MAX);
 	CounterLeave(&scope);
 	PG_RETURN_INT64(total);
 }

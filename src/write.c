@@ -32,6 +32,7 @@ PG_FUNCTION_INFO_V1(counter_incr);
 PG_FUNCTION_INFO_V1(counter_incr_many);
 PG_FUNCTION_INFO_V1(counter_key_id);
 
+static SPIPlanPtr plan_update = NULL;
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_total = NULL;
 static SPIPlanPtr plan_batch = NULL;
@@ -50,17 +51,17 @@ CounterSlot(const CounterDef *def)
 }
 
 /*
- * The minute an increment is attributed to: that of argument argno (`at`)
- * when given, else the transaction's start.  Backfills may reach any past
- * minute; a time more than a minute ahead of the clock is refused.
+ * The time of an increment: argument argno (`at`) when given, else the
+ * transaction's start.  Backfills may reach any past time; a time more than
+ * a minute ahead of the clock is refused.  Its minute is the bucket.
  */
 static TimestampTz
-CounterBucketArg(FunctionCallInfo fcinfo, int argno)
+CounterTimeArg(FunctionCallInfo fcinfo, int argno)
 {
 	TimestampTz at;
 
 	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
-		return CounterMinute(GetCurrentTransactionStartTimestamp());
+		return GetCurrentTransactionStartTimestamp();
 	at = PG_GETARG_TIMESTAMPTZ(argno);
 	if (TIMESTAMP_NOT_FINITE(at))
 		ereport(ERROR,
@@ -72,7 +73,19 @@ CounterBucketArg(FunctionCallInfo fcinfo, int argno)
 				 errmsg("increment time is in the future"),
 				 errdetail("Time %s is more than one minute ahead of the server clock.",
 						   timestamptz_to_str(at))));
-	return CounterMinute(at);
+	return at;
+}
+
+/* Refuse a delta larger than the counter's max_delta. */
+static void
+CounterCheckDelta(const CounterDef *def, int64 delta)
+{
+	if (def->max_delta > 0 && (delta > def->max_delta || delta < -def->max_delta))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("delta " INT64_FORMAT " exceeds max_delta " INT64_FORMAT " of counter \"%s\"",
+						delta, def->max_delta, def->name),
+				 errhint("Raise it with counter.alter('%s', max_delta => ...).", def->name)));
 }
 
 /*
@@ -162,19 +175,40 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 	values[2] = TimestampTzGetDatum(bucket);
 	values[3] = Int16GetDatum(CounterSlot(def));
 	values[4] = Int64GetDatum(delta);
-	rc = CounterExecGuarded(def, &key, false, CounterPlan(&plan_upsert,
-														  "INSERT INTO counter.tally AS t"
-														  " (counter_id, key, bucket, slot, value)"
-														  " VALUES ($1, $2, $3, $4, $5)"
-														  " ON CONFLICT (counter_id, key, bucket, slot)"
-														  " DO UPDATE SET value = t.value + excluded.value"
-														  " RETURNING t.value, EXISTS (SELECT FROM counter.tally m"
+	/*
+	 * The row usually exists (this backend wrote it earlier this minute), and
+	 * a plain UPDATE is cheaper than INSERT ... ON CONFLICT, which locks the
+	 * row before updating it.  The first write of a minute inserts.
+	 */
+	rc = CounterExecGuarded(def, &key, false, CounterPlan(&plan_update,
+														  "UPDATE counter.tally SET value = value + $5"
+														  " WHERE counter_id = $1 AND key = $2"
+														  " AND bucket = $3 AND slot = $4"
+														  " RETURNING value, EXISTS (SELECT FROM counter.tally m"
 														  "  WHERE m.counter_id = $1 AND m.key = $2"
 														  "  AND m.bucket = '-infinity' AND m.slot = 0)",
 														  5, argtypes),
 							values);
-	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "counter increment failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+	{
+		rc = CounterExecGuarded(def, &key, false, CounterPlan(&plan_upsert,
+															  "INSERT INTO counter.tally AS t"
+															  " (counter_id, key, bucket, slot, value)"
+															  " VALUES ($1, $2, $3, $4, $5)"
+															  " ON CONFLICT (counter_id, key, bucket, slot)"
+															  " DO UPDATE SET value = t.value + excluded.value"
+															  " RETURNING t.value, EXISTS (SELECT FROM counter.tally m"
+															  "  WHERE m.counter_id = $1 AND m.key = $2"
+															  "  AND m.bucket = '-infinity' AND m.slot = 0)",
+															  5, argtypes),
+								values);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "counter increment failed: %s", SPI_result_code_string(rc));
+	}
+	if (SPI_processed != 1)
+		elog(ERROR, "counter increment wrote " UINT64_FORMAT " rows", SPI_processed);
 	row = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
 	marked = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
@@ -331,10 +365,12 @@ CounterPathStat(const CounterDef *def)
 }
 
 /*
- * counter.incr(counter, key, delta, at): add delta to key, attributed to the
- * minute of `at` (default: the transaction's start), inside the caller's
- * transaction.  Buffered counters add to shared memory at commit; the others
- * write their slot row now.  Returns true when counted.
+ * counter.incr(counter, key, delta, at, event, actor): add delta to key,
+ * attributed to the minute of `at` (default: the transaction's start),
+ * inside the caller's transaction.  Buffered counters add to shared memory
+ * at commit; the others write their slot row now.  Returns false when the
+ * event was already counted within dedup_window or the actor has used up
+ * max_per_actor for this key and rate_window; true when counted.
  */
 Datum
 counter_incr(PG_FUNCTION_ARGS)
@@ -343,20 +379,27 @@ counter_incr(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	int64		key;
 	int64		delta;
+	TimestampTz when;
 	TimestampTz bucket;
 	bool		known;
-	bool		text_key;
+	text	   *event = NULL;
+	text	   *actor = NULL;
 
 	CounterNotNull(fcinfo, 0, "counter");
 	CounterNotNull(fcinfo, 1, "key");
 	CounterNotNull(fcinfo, 2, "delta");
 	CounterGetById(PG_GETARG_INT32(0), &def);
 	delta = PG_GETARG_INT64(2);
-	bucket = CounterBucketArg(fcinfo, 3);
+	CounterCheckDelta(&def, delta);
+	when = CounterTimeArg(fcinfo, 3);
+	bucket = CounterMinute(when);
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4) && def.dedup_window_us > 0)
+		event = PG_GETARG_TEXT_PP(4);
+	if (PG_NARGS() > 5 && !PG_ARGISNULL(5) && def.max_per_actor > 0)
+		actor = PG_GETARG_TEXT_PP(5);
 
 	/* text keys of text counters need the key table; everything else not */
-	text_key = (def.key_type == COUNTER_KEY_TEXT);
-	if (text_key)
+	if (def.key_type == COUNTER_KEY_TEXT)
 	{
 		CounterEnter(&scope);
 		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
@@ -364,6 +407,30 @@ counter_incr(PG_FUNCTION_ARGS)
 	}
 	else
 		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
+
+	/*
+	 * Limits: a duplicate spends no budget, and a refused increment marks no
+	 * event as seen.  (A duplicate racing its original may still spend one
+	 * unit of budget.)
+	 */
+	if (event || actor)
+	{
+		CounterStat refused = COUNTER_STAT_COUNT;
+
+		CounterEnter(&scope);
+		if (event && actor && CounterEventSeen(&def, event, when))
+			refused = COUNTER_STAT_DEDUPED;
+		else if (actor && !CounterActorAllow(&def, actor, key, when))
+			refused = COUNTER_STAT_LIMITED;
+		else if (event && !CounterEventRecord(&def, event, when))
+			refused = COUNTER_STAT_DEDUPED;
+		CounterLeave(&scope);
+		if (refused != COUNTER_STAT_COUNT)
+		{
+			CounterCountStat(def.id, refused, 1);
+			PG_RETURN_BOOL(false);
+		}
+	}
 	if (delta == 0)
 		PG_RETURN_BOOL(true);
 
@@ -553,7 +620,9 @@ counter_incr_many(PG_FUNCTION_ARGS)
 				 errdetail("keys has %d elements, deltas has %d.", nkeys, ndeltas)));
 	if (nkeys == 0)
 		PG_RETURN_INT64(0);
-	bucket = CounterBucketArg(fcinfo, 3);
+	bucket = CounterMinute(CounterTimeArg(fcinfo, 3));
+	for (i = 0; i < nkeys; i++)
+		CounterCheckDelta(&def, DatumGetInt64(deltas[i]));
 	ids = palloc(sizeof(Datum) * nkeys);
 	buckets = palloc(sizeof(Datum) * nkeys);
 	for (i = 0; i < nkeys; i++)
