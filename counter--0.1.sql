@@ -78,6 +78,13 @@ CREATE TABLE @extschema@.definition (
 	max_per_actor integer NOT NULL DEFAULT 0 CHECK (max_per_actor >= 0),	-- 0: no limit
 	rate_window interval NOT NULL DEFAULT '1 minute' CHECK (rate_window > '0'),
 	max_delta bigint NOT NULL DEFAULT 0 CHECK (max_delta >= 0),	-- 0: no limit
+	minute_retention interval NOT NULL DEFAULT '1 hour' CHECK (minute_retention >= '0'),
+	hour_retention interval NOT NULL DEFAULT '7 days' CHECK (hour_retention >= '0'),
+	day_retention interval NOT NULL DEFAULT '0' CHECK (day_retention >= '0'),	-- 0: keep days forever
+	half_life interval NOT NULL DEFAULT '1 day' CHECK (half_life > '0'),
+	trend_spans interval[] NOT NULL DEFAULT '{1 hour, 1 day, 7 days}',
+	trend_weights float8[] NOT NULL DEFAULT '{1.0, 0.5, 0.1}'
+		CHECK (pg_catalog.cardinality(trend_weights) = pg_catalog.cardinality(trend_spans)),
 	owner pg_catalog.regrole NOT NULL,
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -97,9 +104,29 @@ COMMENT ON TABLE @extschema@.tally IS
 	'counts per counter, key, bucket and slot; slot >= 0: a writer''s minute row, -1: compacted minute, -2: hour, -3: day, -4: minute folded from the buffer; (-infinity, 0) marks a key near the bigint limit';
 
 -- The worker's compaction finds rows by age, per kind of row.
-CREATE INDEX tally_live ON @extschema@.tally (bucket) WHERE slot >= 0 OR slot = -4;
-CREATE INDEX tally_minute ON @extschema@.tally (bucket) WHERE slot = -1;
-CREATE INDEX tally_hour ON @extschema@.tally (bucket) WHERE slot = -2;
+CREATE INDEX tally_live ON @extschema@.tally (counter_id, bucket) WHERE slot >= 0 OR slot = -4;
+CREATE INDEX tally_minute ON @extschema@.tally (counter_id, bucket) WHERE slot = -1;
+CREATE INDEX tally_hour ON @extschema@.tally (counter_id, bucket) WHERE slot = -2;
+CREATE INDEX tally_day ON @extschema@.tally (counter_id, bucket) WHERE slot = -3;
+
+-- The ranking the worker keeps for top(): one row per key, refreshed every
+-- counter.rank_interval.  dlog is log2 of the key's forward-decayed sum
+-- against the landmark 2026-01-01 UTC, so ordering by it orders by the
+-- decayed score at any time, and it never overflows.
+CREATE TABLE @extschema@.ranking (
+	counter_id integer NOT NULL,
+	key bigint NOT NULL,
+	total bigint NOT NULL,
+	trend float8 NOT NULL,
+	dlog float8 NOT NULL,
+	refreshed_at timestamptz NOT NULL,
+	PRIMARY KEY (counter_id, key)
+);
+CREATE INDEX ranking_total ON @extschema@.ranking (counter_id, total DESC);
+CREATE INDEX ranking_trend ON @extschema@.ranking (counter_id, trend DESC);
+CREATE INDEX ranking_decayed ON @extschema@.ranking (counter_id, dlog DESC);
+COMMENT ON TABLE @extschema@.ranking IS
+	'per key: total, trend score and log2 of the forward-decayed score, refreshed by the worker for top()';
 
 CREATE SEQUENCE @extschema@.text_key_id_seq AS bigint;
 
@@ -143,6 +170,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.text_key', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.text_key_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.event_seen', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.actor_rate', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ranking', '');
 
 CREATE FUNCTION @extschema@.definition_changed()
 RETURNS trigger
@@ -172,10 +200,16 @@ CREATE FUNCTION @extschema@.alter(
 	dedup_window interval DEFAULT NULL,
 	max_per_actor integer DEFAULT NULL,
 	rate_window interval DEFAULT NULL,
-	max_delta bigint DEFAULT NULL)
+	max_delta bigint DEFAULT NULL,
+	minute_retention interval DEFAULT NULL,
+	hour_retention interval DEFAULT NULL,
+	day_retention interval DEFAULT NULL,
+	half_life interval DEFAULT NULL,
+	trend_spans interval[] DEFAULT NULL,
+	trend_weights float8[] DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint) IS
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]) IS
 	'change a counter''s settings online; arguments left null keep their value';
 
 CREATE FUNCTION @extschema@.drop(counter @extschema@.counter)
@@ -188,6 +222,8 @@ CREATE VIEW @extschema@.counters AS
 	SELECT d.name, d.id, d.mode, d.slots, d.key_type,
 		coalesce(d.redis_prefix, d.name OPERATOR(pg_catalog.||) ':') AS redis_prefix,
 		d.dedup_window, d.max_per_actor, d.rate_window, d.max_delta,
+		d.minute_retention, d.hour_retention, d.day_retention,
+		d.half_life, d.trend_spans, d.trend_weights,
 		d.owner, d.created_at
 	FROM @extschema@.definition AS d;
 COMMENT ON VIEW @extschema@.counters IS 'declared counters and their settings';
@@ -286,6 +322,270 @@ AS 'MODULE_PATHNAME', 'counter_key_id' LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION @extschema@.key_id(@extschema@.counter, text) IS
 	'stable bigint id of a text key, or null if the key was never counted';
 
+-- Windows and trending --------------------------------------------------------
+-- These are SECURITY DEFINER (the tables are private) with a fixed
+-- search_path; who may call them is governed by EXECUTE as for the rest.
+-- Keys are polymorphic so that bigint keys, text keys and bigint keys
+-- spelt as text all work, as with counter.window.
+
+-- The numeric id behind a key argument, or null if a text key is unknown.
+CREATE FUNCTION @extschema@.key_of(counter @extschema@.counter, key anyelement)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF (SELECT d.key_type FROM @extschema@.definition d WHERE d.id = @extschema@.id(counter)) = 'text' THEN
+		RETURN @extschema@.key_id(counter, key::text);
+	END IF;
+	BEGIN
+		RETURN key::text::bigint;
+	EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+		RAISE EXCEPTION USING ERRCODE = '22P02',
+			MESSAGE = format('invalid key "%s" for counter "%s"', key, counter),
+			DETAIL = format('Counter "%s" has bigint keys.', counter);
+	END;
+END $$;
+
+CREATE FUNCTION @extschema@.series(
+	counter @extschema@.counter,
+	key anyelement,
+	"from" timestamptz,
+	"to" timestamptz,
+	step interval)
+RETURNS TABLE (bucket timestamptz, value bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	points float8;
+BEGIN
+	IF step IS NULL OR step <= interval '0' THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'step must be positive';
+	END IF;
+	IF "from" IS NULL OR "to" IS NULL OR "from" > "to" OR NOT isfinite("from") OR NOT isfinite("to") THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'from and to must be finite, from not after to';
+	END IF;
+	points := extract(epoch FROM "to" - "from") / extract(epoch FROM step);
+	IF points > 10000 THEN
+		RAISE EXCEPTION USING ERRCODE = '22023',
+			MESSAGE = format('a series of %s points is too long', ceil(points)),
+			HINT = 'Use a larger step: at most 10000 points.';
+	END IF;
+	RETURN QUERY
+	SELECT g.b, @extschema@.window(counter, key, step, now => g.b + step)
+	FROM generate_series("from", "to" - step, step) AS g(b)
+	ORDER BY g.b;
+END $$;
+COMMENT ON FUNCTION @extschema@.series(@extschema@.counter, anyelement, timestamptz, timestamptz, interval) IS
+	'counts per step from from to to: each row is counter.window over [bucket, bucket + step)';
+
+CREATE FUNCTION @extschema@.sparkline(
+	counter @extschema@.counter,
+	key anyelement,
+	span interval,
+	now timestamptz DEFAULT NULL,
+	points integer DEFAULT 24)
+RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t timestamptz := coalesce(now, pg_catalog.now());
+	step interval;
+	vals bigint[];
+	lo bigint;
+	hi bigint;
+	line text := '';
+	v bigint;
+BEGIN
+	IF points IS NULL OR points < 1 OR points > 1000 THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'points must be between 1 and 1000';
+	END IF;
+	IF span IS NULL OR span <= interval '0' THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'span must be positive';
+	END IF;
+	step := span / points;
+	vals := ARRAY(SELECT @extschema@.window(counter, key, step, now => t - span + step * (g.i + 1))
+		FROM generate_series(0, points - 1) AS g(i) ORDER BY g.i);
+	SELECT min(x), max(x) INTO lo, hi FROM unnest(vals) AS x;
+	FOREACH v IN ARRAY vals LOOP
+		line := line || CASE WHEN hi = lo THEN CASE WHEN hi = 0 THEN ' ' ELSE '▄' END
+			ELSE substr('▁▂▃▄▅▆▇█', 1 + ((v - lo) * 7 / (hi - lo))::int, 1) END;
+	END LOOP;
+	RETURN line;
+END $$;
+COMMENT ON FUNCTION @extschema@.sparkline(@extschema@.counter, anyelement, interval, timestamptz, integer) IS
+	'a Unicode sparkline of the counts over [now - span, now), one character per span / points';
+
+CREATE FUNCTION @extschema@.trend_score(
+	counter @extschema@.counter,
+	key anyelement,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(sum(w.weight * @extschema@.window(trend_score.counter, trend_score.key,
+			w.span, trend_score.now)), 0)
+	FROM @extschema@.definition d,
+		unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
+	WHERE d.id = @extschema@.id(trend_score.counter)
+$$;
+COMMENT ON FUNCTION @extschema@.trend_score(@extschema@.counter, anyelement, timestamptz) IS
+	'sum of weight x count over each trend span: by default 1.0 x last hour + 0.5 x last day + 0.1 x last week';
+
+CREATE FUNCTION @extschema@.decayed_score(
+	counter @extschema@.counter,
+	key anyelement,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(sum(t.value * power(0.5::float8,
+			extract(epoch FROM coalesce(decayed_score.now, pg_catalog.now()) - t.bucket)
+			/ extract(epoch FROM d.half_life))), 0)
+	FROM @extschema@.definition d
+	JOIN @extschema@.tally t ON t.counter_id = d.id
+	WHERE d.id = @extschema@.id(decayed_score.counter)
+	  AND t.key = @extschema@.key_of(decayed_score.counter, decayed_score.key)
+	  AND t.bucket > '-infinity' AND t.bucket <= coalesce(decayed_score.now, pg_catalog.now())
+$$;
+COMMENT ON FUNCTION @extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz) IS
+	'sum of each increment x 0.5 ^ (age / half_life), at minute resolution';
+
+-- Recompute the ranking of every counter (or one) as of now.
+CREATE FUNCTION @extschema@.refresh_ranking(
+	counter @extschema@.counter DEFAULT NULL,
+	now timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t timestamptz := coalesce(now, pg_catalog.now());
+	n bigint := 0;
+	c bigint;
+	d record;
+BEGIN
+	FOR d IN SELECT * FROM @extschema@.definition
+		WHERE refresh_ranking.counter IS NULL OR id = @extschema@.id(refresh_ranking.counter)
+	LOOP
+		INSERT INTO @extschema@.ranking AS r (counter_id, key, total, trend, dlog, refreshed_at)
+		SELECT d.id, x.key, x.total, x.trend,
+			CASE WHEN x.dsum > 0 THEN x.m + log(2::numeric, x.dsum::numeric)::float8
+				ELSE '-Infinity'::float8 END,
+			t
+		FROM (
+			SELECT y.key, sum(y.value)::bigint AS total,
+				coalesce(sum(y.value * (
+					SELECT coalesce(sum(w.weight), 0) FROM unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
+					WHERE y.bucket >= t - w.span AND y.bucket < t)), 0) AS trend,
+				max(y.e) AS m,
+				sum(y.value * power(2::float8, y.e - y.emax)) FILTER (WHERE y.e IS NOT NULL) AS dsum
+			FROM (
+				SELECT tl.key, tl.value, tl.bucket, z.e, max(z.e) OVER (PARTITION BY tl.key) AS emax
+				FROM @extschema@.tally tl,
+					LATERAL (SELECT CASE WHEN tl.bucket > '-infinity' AND tl.bucket <= t THEN
+						extract(epoch FROM tl.bucket - '2026-01-01 00:00+00'::timestamptz)::float8
+						/ extract(epoch FROM d.half_life)::float8 END AS e) z
+				WHERE tl.counter_id = d.id
+			) y
+			GROUP BY y.key
+		) x
+		ON CONFLICT (counter_id, key) DO UPDATE
+			SET total = excluded.total, trend = excluded.trend, dlog = excluded.dlog,
+				refreshed_at = excluded.refreshed_at
+			WHERE (r.total, r.trend, r.dlog) IS DISTINCT FROM (excluded.total, excluded.trend, excluded.dlog);
+		GET DIAGNOSTICS c = ROW_COUNT;
+		n := n + c;
+		UPDATE @extschema@.ranking SET refreshed_at = t WHERE counter_id = d.id;
+		DELETE FROM @extschema@.ranking r WHERE r.counter_id = d.id
+			AND NOT EXISTS (SELECT FROM @extschema@.tally tl WHERE tl.counter_id = d.id AND tl.key = r.key);
+	END LOOP;
+	RETURN n;
+END $$;
+COMMENT ON FUNCTION @extschema@.refresh_ranking(@extschema@.counter, timestamptz) IS
+	'recompute the ranking top() reads, as the worker does every counter.rank_interval; returns rows changed';
+
+CREATE FUNCTION @extschema@.top(
+	counter @extschema@.counter,
+	n integer DEFAULT 10,
+	by text DEFAULT 'trend',
+	now timestamptz DEFAULT NULL)
+RETURNS TABLE (key bigint, value float8, rank bigint, key_text text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d @extschema@.definition;
+	span interval;
+	t timestamptz := coalesce(now, pg_catalog.now());
+BEGIN
+	SELECT * INTO d FROM @extschema@.definition WHERE id = @extschema@.id(counter);
+	IF n IS NULL OR n < 1 OR n > 10000 THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'n must be between 1 and 10000';
+	END IF;
+	IF by IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'by must not be null';
+	END IF;
+	IF by NOT IN ('trend', 'decayed', 'total') THEN
+		BEGIN
+			span := by::interval;
+		EXCEPTION WHEN others THEN
+			RAISE EXCEPTION USING ERRCODE = '22023',
+				MESSAGE = format('invalid ranking "%s"', by),
+				HINT = 'Rank by ''trend'', ''decayed'', ''total'' or an interval such as ''1 hour''.';
+		END;
+		IF span <= interval '0' THEN
+			RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'the ranking window must be positive';
+		END IF;
+	END IF;
+
+	IF now IS NULL AND span IS NULL THEN
+		-- the worker's ranking: an index scan, at most counter.rank_interval stale
+		RETURN QUERY EXECUTE format($q$
+			SELECT r.key, r.v, rank() OVER (ORDER BY r.v DESC), m.name
+			FROM (
+				SELECT rk.key, %s AS v
+				FROM @extschema@.ranking rk
+				WHERE rk.counter_id = $1
+				ORDER BY rk.%I DESC, rk.key
+				LIMIT $2
+			) r
+			LEFT JOIN @extschema@.text_key m ON m.counter_id = $1 AND m.id = r.key AND $3
+			ORDER BY 3, 1 $q$,
+			CASE by WHEN 'total' THEN 'rk.total::float8'
+				WHEN 'trend' THEN 'rk.trend'
+				ELSE format('power(2::float8, rk.dlog - %s)',
+					extract(epoch FROM t - '2026-01-01 00:00+00'::timestamptz)::float8
+					/ extract(epoch FROM d.half_life)::float8) END,
+			CASE by WHEN 'decayed' THEN 'dlog' ELSE by END)
+		USING d.id, n, d.key_type = 'text';
+		RETURN;
+	END IF;
+
+	-- exact, from the tallies as of now (reads every row of the counter in range)
+	RETURN QUERY
+	SELECT r.key, r.v, rank() OVER (ORDER BY r.v DESC), m.name
+	FROM (
+		SELECT tl.key,
+			CASE WHEN span IS NOT NULL THEN
+				sum(tl.value) FILTER (WHERE tl.bucket >= t - span AND tl.bucket < t)::float8
+			WHEN by = 'total' THEN sum(tl.value)::float8
+			WHEN by = 'trend' THEN sum(tl.value * (
+				SELECT coalesce(sum(w.weight), 0) FROM unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
+				WHERE tl.bucket >= t - w.span AND tl.bucket < t))
+			ELSE coalesce(sum(tl.value * power(0.5::float8,
+				extract(epoch FROM t - tl.bucket)::float8 / extract(epoch FROM d.half_life)::float8))
+				FILTER (WHERE tl.bucket > '-infinity' AND tl.bucket <= t), 0)
+			END AS v
+		FROM @extschema@.tally tl
+		WHERE tl.counter_id = d.id AND tl.bucket < t
+		GROUP BY tl.key
+	) r
+	LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+	WHERE r.v IS NOT NULL AND (span IS NULL OR r.v <> 0)
+	ORDER BY r.v DESC, r.key
+	LIMIT n;
+END $$;
+COMMENT ON FUNCTION @extschema@.top(@extschema@.counter, integer, text, timestamptz) IS
+	'the n keys ranked by trend, decayed, total or the count in an interval; without now, read from the worker''s ranking';
+
 -- The worker, statistics and maintenance -------------------------------------
 
 CREATE FUNCTION @extschema@.flush()
@@ -351,7 +651,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA @extschema@ FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION
 	@extschema@.create(text, text, integer, text),
-	@extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint),
+	@extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]),
 	@extschema@.drop(@extschema@.counter),
 	@extschema@.incr(@extschema@.counter, bigint, bigint, timestamptz, text, text),
 	@extschema@.incr(@extschema@.counter, text, bigint, timestamptz, text, text),
@@ -364,6 +664,13 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.window(@extschema@.counter, text, interval, timestamptz),
 	@extschema@.key_id(@extschema@.counter, text),
 	@extschema@.definition_changed(),
+	@extschema@.key_of(@extschema@.counter, anyelement),
+	@extschema@.series(@extschema@.counter, anyelement, timestamptz, timestamptz, interval),
+	@extschema@.sparkline(@extschema@.counter, anyelement, interval, timestamptz, integer),
+	@extschema@.trend_score(@extschema@.counter, anyelement, timestamptz),
+	@extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz),
+	@extschema@.refresh_ranking(@extschema@.counter, timestamptz),
+	@extschema@.top(@extschema@.counter, integer, text, timestamptz),
 	@extschema@.flush(),
 	@extschema@.compact(timestamptz),
 	@extschema@.stats_raw(),

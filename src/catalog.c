@@ -24,6 +24,7 @@
 #include "commands/trigger.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/hsearch.h"
@@ -578,6 +579,42 @@ CounterCheckInterval(Datum d, const char *what, bool positive)
 	return d;
 }
 
+/*
+ * Check new trend spans and/or weights: one weight per span, spans positive
+ * and without months, no nulls.  A side not given must match the other's
+ * length as stored (checked by the table's constraint).
+ */
+static void
+CounterCheckTrend(ArrayType *spans, ArrayType *weights, const CounterDef *def)
+{
+	if (spans && weights &&
+		ArrayGetNItems(ARR_NDIM(spans), ARR_DIMS(spans)) !=
+		ArrayGetNItems(ARR_NDIM(weights), ARR_DIMS(weights)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trend_spans and trend_weights must have the same length")));
+	if ((spans && array_contains_nulls(spans)) || (weights && array_contains_nulls(weights)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("trend_spans and trend_weights must not contain nulls")));
+	if (spans)
+	{
+		Datum	   *elems;
+		bool	   *isnull;
+		int			n;
+		int			i;
+
+		deconstruct_array(spans, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE,
+						  &elems, &isnull, &n);
+		if (n == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("trend_spans must not be empty")));
+		for (i = 0; i < n; i++)
+			CounterCheckInterval(elems[i], "each trend span", true);
+	}
+}
+
 /* Check a limit setting: zero (no limit) or positive. */
 static void
 CounterCheckLimit(int64 v, const char *what)
@@ -593,10 +630,13 @@ counter_alter(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
 	CounterScope scope;
-	Oid			argtypes[8] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
-	INTERVALOID, INT4OID, INTERVALOID, INT8OID};
-	Datum		values[8];
-	char		nulls[8] = {' ', 'n', 'n', 'n', 'n', 'n', 'n', 'n'};
+	Oid			argtypes[14] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
+		INTERVALOID, INT4OID, INTERVALOID, INT8OID,
+		INTERVALOID, INTERVALOID, INTERVALOID, INTERVALOID,
+	INTERVALARRAYOID, FLOAT8ARRAYOID};
+	Datum		values[14];
+	char		nulls[14] = {' ', 'n', 'n', 'n', 'n', 'n', 'n', 'n',
+	'n', 'n', 'n', 'n', 'n', 'n'};
 	int			i;
 
 	if (PG_ARGISNULL(0))
@@ -606,7 +646,7 @@ counter_alter(PG_FUNCTION_ARGS)
 	CounterGetById(PG_GETARG_INT32(0), &def);
 	CounterCheckOwner(&def);
 	values[0] = Int32GetDatum(def.id);
-	for (i = 1; i < 8; i++)
+	for (i = 1; i < 14; i++)
 	{
 		if (PG_NARGS() <= i || PG_ARGISNULL(i))
 			continue;
@@ -634,6 +674,18 @@ counter_alter(PG_FUNCTION_ARGS)
 		CounterCheckInterval(values[6], "rate_window", true);
 	if (nulls[7] == ' ')
 		CounterCheckLimit(DatumGetInt64(values[7]), "max_delta");
+	if (nulls[8] == ' ')
+		CounterCheckInterval(values[8], "minute_retention", false);
+	if (nulls[9] == ' ')
+		CounterCheckInterval(values[9], "hour_retention", false);
+	if (nulls[10] == ' ')
+		CounterCheckInterval(values[10], "day_retention", false);
+	if (nulls[11] == ' ')
+		CounterCheckInterval(values[11], "half_life", true);
+	if (nulls[12] == ' ' || nulls[13] == ' ')
+		CounterCheckTrend(nulls[12] == ' ' ? DatumGetArrayTypeP(values[12]) : NULL,
+						  nulls[13] == ' ' ? DatumGetArrayTypeP(values[13]) : NULL,
+						  &def);
 
 	CounterEnter(&scope);
 	CounterExec("UPDATE counter.definition SET"
@@ -643,9 +695,15 @@ counter_alter(PG_FUNCTION_ARGS)
 				" dedup_window = coalesce($5, dedup_window),"
 				" max_per_actor = coalesce($6, max_per_actor),"
 				" rate_window = coalesce($7, rate_window),"
-				" max_delta = coalesce($8, max_delta)"
+				" max_delta = coalesce($8, max_delta),"
+				" minute_retention = coalesce($9, minute_retention),"
+				" hour_retention = coalesce($10, hour_retention),"
+				" day_retention = coalesce($11, day_retention),"
+				" half_life = coalesce($12, half_life),"
+				" trend_spans = coalesce($13, trend_spans),"
+				" trend_weights = coalesce($14, trend_weights)"
 				" WHERE id = $1",
-				8, argtypes, values, nulls);
+				14, argtypes, values, nulls);
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();

@@ -132,6 +132,22 @@ typedef struct CounterStatsEntry
 	pg_atomic_uint64 last_fold;	/* TimestampTz of the last fold that moved it */
 } CounterStatsEntry;
 
+/* One Redis master's drain status, for counter.redis_status() (redis.c). */
+#define COUNTER_REDIS_MAX_MASTERS 16
+
+typedef struct CounterRedisStatus
+{
+	char		url[128];		/* host:port/db, never a password */
+	bool		connected;
+	TimestampTz last_drain;
+	int64		drained_deltas;
+	int64		backlog_keys;	/* keys found by the last scan, -1 unknown */
+	int64		stream_lag;		/* undelivered + unacked entries, -1 none */
+	int64		quarantined;
+	TimestampTz last_error_at;
+	char		last_error[200];
+} CounterRedisStatus;
+
 typedef struct CounterShared
 {
 	LWLock	   *partition_locks[COUNTER_PARTITIONS];
@@ -156,6 +172,10 @@ typedef struct CounterShared
 	int64		errors;
 	TimestampTz last_error_at;
 	char		last_error[256];
+
+	/* Redis drain status, under mutex (redis.c) */
+	int			redis_nmasters;
+	CounterRedisStatus redis[COUNTER_REDIS_MAX_MASTERS];
 } CounterShared;
 
 typedef void (*CounterDrainCallback) (void *arg, int32 counter_id, int64 key,
@@ -166,6 +186,7 @@ extern int	counter_default_slots;
 extern int	counter_buffer_keys;
 extern int	counter_flush_interval;
 extern int	counter_compact_interval;
+extern int	counter_rank_interval;
 extern char *counter_database;
 extern void CounterGucInit(void);
 
@@ -219,6 +240,7 @@ extern void CounterWorkerInit(void);
 extern void CounterRedisGucInit(void);
 extern void CounterRedisRound(void);
 extern void CounterRedisShutdown(void);
+extern long CounterRedisWaitMs(long fold_ms);
 
 /* catalog.c */
 extern void CounterCatalogInit(void);

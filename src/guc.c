@@ -11,6 +11,7 @@ int			counter_default_slots = 64;
 int			counter_buffer_keys = 16384;
 int			counter_flush_interval = 1000;
 int			counter_compact_interval = 10000;
+int			counter_rank_interval = 30000;
 char	   *counter_database = NULL;
 
 /* Define every counter.* setting and reserve the prefix. */
@@ -38,6 +39,14 @@ CounterGucInit(void)
 							"0 turns the worker's compaction off; counter.compact() still works.",
 							&counter_compact_interval,
 							10000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("counter.rank_interval",
+							"How often the worker refreshes the ranking that counter.top() reads.",
+							"top() without now => may be this stale; 0 turns the refresh off.",
+							&counter_rank_interval,
+							30000, 0, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -26,3 +26,10 @@ void
 CounterRedisShutdown(void)
 {
 }
+
+/* How long the worker may sleep before the next round. */
+long
+CounterRedisWaitMs(long fold_ms)
+{
+	return fold_ms;
+}

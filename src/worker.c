@@ -1,8 +1,8 @@
 /*
  * worker.c
  *		The background worker: folds buffered increments into the tables,
- *		compacts slot rows, rolls minute buckets up to hours and days, and
- *		answers counter.flush().
+ *		drains Redis, compacts slot rows, rolls minute buckets up to hours and
+ *		days, refreshes the ranking top() reads, and answers counter.flush().
  *
  * One worker per cluster, connected to counter.database.  Each unit of work
  * is its own short transaction; the loop sleeps on its latch between rounds
@@ -51,34 +51,35 @@ typedef struct FoldBatch
 } FoldBatch;
 
 /*
- * Compaction steps, in order: which rows move (by slot, matching the
- * partial indexes on counter.tally), into which slot, truncated to which
- * unit, once their bucket is older than the start of the unit holding
- * now - age.  Units are UTC hours and days, whatever the session's TimeZone.
+ * Compaction steps, in order.  Each moves rows of one kind (by slot,
+ * matching the partial indexes on counter.tally) whose bucket is older than
+ * a cut-off into rows of the next kind:
+ *	1. writers' and folded minute rows (2 minutes old) -> one row per minute;
+ *	2. minute rows older than the counter's minute_retention -> hour rows;
+ *	3. hour rows older than its hour_retention -> day rows;
+ *	4. day rows older than its day_retention (0: never) -> the key's base row
+ *	   (bucket -infinity), which keeps the all-time total.
+ * Cut-offs are whole UTC units; `d` is the counter's definition row.
  */
 typedef struct CompactStep
 {
 	const char *pred;
-	const char *unit;
-	int16		target;
-	int64		age_us;
+	const char *cutoff;
+	const char *target_bucket;
+	int16		target_slot;
 } CompactStep;
 
 static const CompactStep compact_steps[] = {
-	{"(slot >= 0 OR slot = -4)", "minute", COUNTER_SLOT_MINUTE, 2 * USECS_PER_MINUTE},
-	{"slot = -1", "hour", COUNTER_SLOT_HOUR, USECS_PER_HOUR},
-	{"slot = -2", "day", COUNTER_SLOT_DAY, 7 * USECS_PER_DAY},
+	{"(t.slot >= 0 OR t.slot = -4)",
+		"date_trunc('minute', $1 - interval '2 minutes', 'UTC')",
+	"date_trunc('minute', bucket, 'UTC')", COUNTER_SLOT_MINUTE},
+	{"t.slot = -1", "date_trunc('hour', $1 - d.minute_retention, 'UTC')",
+	"date_trunc('hour', bucket, 'UTC')", COUNTER_SLOT_HOUR},
+	{"t.slot = -2", "date_trunc('day', $1 - d.hour_retention, 'UTC')",
+	"date_trunc('day', bucket, 'UTC')", COUNTER_SLOT_DAY},
+	{"t.slot = -3 AND d.day_retention > '0'", "date_trunc('day', $1 - d.day_retention, 'UTC')",
+	"'-infinity'::timestamptz", COUNTER_SLOT_DAY},
 };
-
-/* The cut-off time of a compaction step. */
-static TimestampTz
-CounterCompactBefore(const CompactStep *step, TimestampTz now)
-{
-	return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_trunc_zone,
-												   CStringGetTextDatum(step->unit),
-												   TimestampTzGetDatum(now - step->age_us),
-												   CStringGetTextDatum("UTC")));
-}
 
 /* Register the worker; only possible while shared_preload_libraries loads us. */
 void
@@ -257,13 +258,12 @@ CounterFold(void)
 }
 
 /*
- * One compaction step in the current transaction: move up to `limit` rows
- * of the given slots with buckets before `before` into rows of target_slot,
- * with buckets truncated to `unit`.  Returns the rows moved.
+ * One compaction step in the current transaction, as of `now`: move up to
+ * `limit` rows matching the step (over all counters) into its target rows.
+ * Returns the rows moved.
  */
 static int64
-CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
-				   TimestampTz before, int limit)
+CounterCompactStep(const CompactStep *step, TimestampTz now, int limit)
 {
 	StringInfoData sql;
 	Oid			argtypes[3] = {TIMESTAMPTZOID, INT2OID, INT4OID};
@@ -276,10 +276,13 @@ CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
 	appendStringInfo(&sql,
 					 "WITH moved AS ("
 					 "  DELETE FROM counter.tally WHERE ctid = ANY (ARRAY("
-					 "   SELECT ctid FROM counter.tally"
-					 "   WHERE %s AND bucket > '-infinity' AND bucket < $1"
+					 "   SELECT x.ctid FROM counter.definition d CROSS JOIN LATERAL ("
+					 "    SELECT t.ctid FROM counter.tally t"
+					 "    WHERE t.counter_id = d.id AND %s"
+					 "    AND t.bucket > '-infinity' AND t.bucket < %s"
+					 "    LIMIT $3) x"
 					 "   LIMIT $3))"
-					 "  RETURNING counter_id, key, date_trunc('%s', bucket, 'UTC') AS b, value),"
+					 "  RETURNING counter_id, key, %s AS b, value),"
 					 " ins AS ("
 					 "  INSERT INTO counter.tally AS t (counter_id, key, bucket, slot, value)"
 					 "  SELECT counter_id, key, b, $2, sum(value)::int8 FROM moved"
@@ -287,9 +290,9 @@ CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
 					 "  ON CONFLICT (counter_id, key, bucket, slot)"
 					 "  DO UPDATE SET value = t.value + excluded.value)"
 					 " SELECT count(*) FROM moved",
-					 slots_pred, unit);
-	values[0] = TimestampTzGetDatum(before);
-	values[1] = Int16GetDatum(target_slot);
+					 step->pred, step->cutoff, step->target_bucket);
+	values[0] = TimestampTzGetDatum(now);
+	values[1] = Int16GetDatum(step->target_slot);
 	values[2] = Int32GetDatum(limit);
 	rc = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
@@ -301,14 +304,11 @@ CounterCompactStep(const char *slots_pred, const char *unit, int16 target_slot,
 }
 
 /*
- * Compact the tally, in short transactions of at most `limit` rows each:
- *	1. writers' slot rows and folded rows of minutes that ended over a minute
- *	   ago merge into one row per key and minute;
- *	2. minute rows more than an hour old roll up into hour rows;
- *	3. hour rows more than a week old roll up into day rows.
- * A key therefore holds at most: its current writers' rows, about two hours
- * of minute rows, a week of hour rows, and one row per older day.  Expired
- * event ids and stale rate windows are purged in the same round.
+ * Compact the tally (the steps of compact_steps), in short transactions of
+ * at most `limit` rows each.  With the default retention a key holds at
+ * most its current writers' rows, about two hours of minute rows, a week of
+ * hour rows, one row per older day and a base row.  Expired event ids and
+ * stale rate windows are purged in the same round.
  * Totals and windows (at their resolution) are unchanged by every step.
  * Returns the rows moved.
  */
@@ -321,7 +321,6 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 	for (i = 0; i < lengthof(compact_steps); i++)
 	{
 		const CompactStep *step = &compact_steps[i];
-		TimestampTz before = CounterCompactBefore(step, now);
 		int			round;
 
 		for (round = 0; round < max_rounds; round++)
@@ -340,8 +339,7 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 				return total;
 			}
 			CounterEnter(&scope);
-			moved = CounterCompactStep(step->pred, step->unit, step->target,
-									   before, limit);
+			moved = CounterCompactStep(step, now, limit);
 			CounterLeave(&scope);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
@@ -378,15 +376,46 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 	return total;
 }
 
-/* Compaction as a worker round, errors logged and counted. */
+/* One compaction pass for the worker. */
 static void
-CounterCompactRound(void)
+CounterCompactPass(void)
+{
+	CounterCompactAll(GetCurrentTimestamp(), 10000, 20);
+}
+
+/* One ranking refresh for the worker, in its own transaction. */
+static void
+CounterRankPass(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (CounterInstalledHere())
+	{
+		CounterScope scope;
+
+		CounterEnter(&scope);
+		if (SPI_execute("SELECT counter.refresh_ranking()", false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "counter ranking refresh failed");
+		CounterLeave(&scope);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Run one maintenance pass as a worker round: an error is logged as a
+ * WARNING, counted in counter.worker_status(), and the pass is retried at
+ * its next turn.
+ */
+static void
+CounterGuardedPass(const char *what, void (*pass) (void))
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
 	PG_TRY();
 	{
-		CounterCompactAll(GetCurrentTimestamp(), 10000, 20);
+		pass();
 	}
 	PG_CATCH();
 	{
@@ -398,7 +427,7 @@ CounterCompactRound(void)
 		AbortCurrentTransaction();
 		edata->elevel = WARNING;
 		ThrowErrorData(edata);
-		CounterRecordError("compaction", edata);
+		CounterRecordError(what, edata);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -417,6 +446,7 @@ CounterWorkerMain(Datum arg)
 {
 	MemoryContext loop_cxt;
 	TimestampTz last_compact = 0;
+	TimestampTz last_rank = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, CounterWorkerSigterm);
@@ -470,9 +500,16 @@ CounterWorkerMain(Datum arg)
 				now - last_compact >= (int64) counter_compact_interval * 1000)
 			{
 				CounterSetState("compacting");
-				CounterCompactRound();
+				CounterGuardedPass("compaction", CounterCompactPass);
 				CounterBufEvict(60 * USECS_PER_SEC);
 				last_compact = now;
+			}
+			if (counter_rank_interval > 0 &&
+				now - last_rank >= (int64) counter_rank_interval * 1000)
+			{
+				CounterSetState("ranking");
+				CounterGuardedPass("ranking", CounterRankPass);
+				last_rank = now;
 			}
 			CounterSetState("idle");
 		}
@@ -486,7 +523,7 @@ CounterWorkerMain(Datum arg)
 		if (pg_atomic_read_u64(&counter_shared->fold_requested) != requested)
 			continue;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 ready ? counter_flush_interval : 1000L,
+						 ready ? CounterRedisWaitMs(counter_flush_interval) : 1000L,
 						 PG_WAIT_EXTENSION);
 	}
 
@@ -591,10 +628,7 @@ counter_compact(PG_FUNCTION_ARGS)
 	CounterEnter(&scope);
 	for (i = 0; i < lengthof(compact_steps); i++)
 	{
-		const CompactStep *step = &compact_steps[i];
-
-		total += CounterCompactStep(step->pred, step->unit, step->target,
-									CounterCompactBefore(step, now), INT_MAX);
+		total += CounterCompactStep(&compact_steps[i], now, INT_MAX);
 	}
 	total += CounterPurgeLimits(now, INT_MAX);
 	CounterLeave(&scope);
