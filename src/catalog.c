@@ -709,7 +709,10 @@ counter_alter(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* counter.drop(counter): forget a counter and every tally it holds. */
+/*
+ * counter.drop(counter): forget a counter and everything kept for it: its
+ * tallies, text keys, event ids, rate windows and ranking.
+ */
 Datum
 counter_drop(PG_FUNCTION_ARGS)
 {
@@ -731,6 +734,12 @@ counter_drop(PG_FUNCTION_ARGS)
 	CounterExec("DELETE FROM counter.tally WHERE counter_id = $1",
 				1, argtypes, values, NULL);
 	CounterExec("DELETE FROM counter.text_key WHERE counter_id = $1",
+				1, argtypes, values, NULL);
+	CounterExec("DELETE FROM counter.event_seen WHERE counter_id = $1",
+				1, argtypes, values, NULL);
+	CounterExec("DELETE FROM counter.actor_rate WHERE counter_id = $1",
+				1, argtypes, values, NULL);
+	CounterExec("DELETE FROM counter.ranking WHERE counter_id = $1",
 				1, argtypes, values, NULL);
 	CounterLeave(&scope);
 	CommandCounterIncrement();

@@ -101,9 +101,9 @@ $node->safe_psql('postgres', q{
 });
 for my $i (1 .. 8)
 {
-	# each session writes its own slot rows, 30 past minutes each
+	# each session writes its own slot rows, 50 past minutes each
 	$node->safe_psql('postgres',
-		"SELECT counter.incr('busy', 1, 1, at => now() - make_interval(mins => m)) FROM generate_series(3, 92, 3) AS m");
+		"SELECT counter.incr('busy', 1, 1, at => now() - make_interval(mins => m)) FROM generate_series(3, 150, 3) AS m");
 }
 my $rows_before = $node->safe_psql('postgres',
 	"SELECT count(*) FROM counter.tally t JOIN counter.counters c ON c.id = t.counter_id WHERE c.name = 'busy'");
@@ -112,7 +112,7 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) FILTER (WHERE slot >= 0) = 0 AND count(*) FILTER (WHERE slot = -2) >= 1"
 	  . " FROM counter.tally t JOIN counter.counters c ON c.id = t.counter_id WHERE c.name = 'busy'"),
 	'old minutes rolled up into hours');
-is($node->safe_psql('postgres', "SELECT counter.get('busy', 1)"), '240', 'total unchanged by compaction');
+is($node->safe_psql('postgres', "SELECT counter.get('busy', 1)"), '400', 'total unchanged by compaction');
 cmp_ok($node->safe_psql('postgres', q{
 	SELECT (SELECT compacted_rows FROM counter.worker_status())}), '>', 0,
 	'worker_status counts compacted rows');
