@@ -112,19 +112,31 @@ CREATE INDEX tally_day ON @extschema@.tally (counter_id, bucket) WHERE slot = -3
 -- The ranking the worker keeps for top(): one row per key, refreshed every
 -- counter.rank_interval.  dlog is log2 of the key's forward-decayed sum
 -- against the landmark 2026-01-01 UTC, so ordering by it orders by the
--- decayed score at any time, and it never overflows.
+-- decayed score at any time, and it never overflows.  The *_settled columns
+-- hold what rows older than ranking_state.settled_until contributed, so a
+-- refresh only reads newer rows (and the trend spans).
 CREATE TABLE @extschema@.ranking (
 	counter_id integer NOT NULL,
 	key bigint NOT NULL,
 	total bigint NOT NULL,
 	trend float8 NOT NULL,
 	dlog float8 NOT NULL,
+	total_settled bigint NOT NULL DEFAULT 0,
+	dlog_settled float8 NOT NULL DEFAULT '-Infinity',
 	refreshed_at timestamptz NOT NULL,
 	PRIMARY KEY (counter_id, key)
 );
 CREATE INDEX ranking_total ON @extschema@.ranking (counter_id, total DESC);
 CREATE INDEX ranking_trend ON @extschema@.ranking (counter_id, trend DESC);
 CREATE INDEX ranking_decayed ON @extschema@.ranking (counter_id, dlog DESC);
+
+CREATE TABLE @extschema@.ranking_state (
+	counter_id integer PRIMARY KEY,
+	settled_until timestamptz NOT NULL,
+	full_at timestamptz NOT NULL
+);
+COMMENT ON TABLE @extschema@.ranking_state IS
+	'per counter: up to when tally rows are folded into the ranking''s settled sums, and when it was last rebuilt';
 COMMENT ON TABLE @extschema@.ranking IS
 	'per key: total, trend score and log2 of the forward-decayed score, refreshed by the worker for top()';
 
@@ -171,6 +183,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.text_key_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.event_seen', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.actor_rate', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ranking', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ranking_state', '');
 
 CREATE FUNCTION @extschema@.definition_changed()
 RETURNS trigger
@@ -422,8 +435,8 @@ CREATE FUNCTION @extschema@.trend_score(
 RETURNS float8
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(sum(w.weight * @extschema@.window(trend_score.counter, trend_score.key,
-			w.span, trend_score.now)), 0)
+	SELECT coalesce(sum(w.weight::numeric * @extschema@.window(trend_score.counter, trend_score.key,
+			w.span, trend_score.now)), 0)::float8
 	FROM @extschema@.definition d,
 		unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
 	WHERE d.id = @extschema@.id(trend_score.counter)
@@ -450,58 +463,186 @@ $$;
 COMMENT ON FUNCTION @extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz) IS
 	'sum of each increment x 0.5 ^ (age / half_life), at minute resolution';
 
--- Recompute the ranking of every counter (or one) as of now.
+-- log2(2^a + sign * 2^b), clamped at an empty (zero or negative) sum:
+-- adding a signed contribution in the log domain without overflow.
+CREATE FUNCTION @extschema@.log2_add(a float8, b float8, sign float8 DEFAULT 1)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN b IS NULL OR b = '-Infinity' OR sign = 0 THEN coalesce(a, '-Infinity')
+		WHEN a IS NULL OR a = '-Infinity' THEN CASE WHEN sign > 0 THEN b ELSE '-Infinity' END
+		ELSE (SELECT CASE WHEN v > 0 THEN m + log(2::numeric, v::numeric)::float8 ELSE '-Infinity' END
+			  FROM (SELECT greatest(a, b) AS m) x,
+				   LATERAL (SELECT power(2::float8, a - x.m) + sign * power(2::float8, b - x.m) AS v) y)
+	END
+$$;
+
+-- Per key, the rows of counter d with buckets in [lo, hi) (all rows when
+-- every_slot, else only minute rows, which is all a recent range holds):
+-- their total and decayed mass as (m, v), the mass being v x 2^m against the
+-- landmark, m the largest exponent, so nothing overflows.
+CREATE FUNCTION @extschema@.ranking_mass(
+	d @extschema@.definition, lo timestamptz, hi timestamptz, every_slot boolean,
+	OUT key bigint, OUT total bigint, OUT m float8, OUT v float8)
+RETURNS SETOF record
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT y.key, sum(y.value)::bigint, max(y.mx),
+		coalesce(sum(y.value * power(2::float8, y.e - y.mx)) FILTER (WHERE y.e IS NOT NULL), 0)
+	FROM (
+		SELECT tl.key, tl.value, z.e, max(z.e) OVER (PARTITION BY tl.key) AS mx
+		FROM @extschema@.tally tl,
+			LATERAL (SELECT CASE WHEN tl.bucket > '-infinity' THEN
+				extract(epoch FROM tl.bucket - '2026-01-01 00:00+00'::timestamptz)::float8
+				/ extract(epoch FROM d.half_life)::float8 END AS e) z
+		WHERE tl.counter_id = d.id AND tl.bucket >= lo AND tl.bucket < hi
+		  AND (every_slot OR tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)
+	) y
+	GROUP BY y.key
+$$;
+
+-- log2 of a mass (m, v), added with its sign to log2 sum a (clamped at 0).
+CREATE FUNCTION @extschema@.log2_add_mass(a float8, m float8, v float8)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE WHEN v IS NULL OR v = 0 OR m IS NULL THEN coalesce(a, '-Infinity')
+		ELSE @extschema@.log2_add(a, m + ln(abs(v)) / ln(2::float8), sign(v)) END
+$$;
+
+-- Refresh the ranking of one counter as of t: fold rows in [lo, hi) into
+-- the settled sums; recompute total and decayed log of keys with rows from
+-- lo on (settled plus rows from hi on); recompute the trend of keys with
+-- rows in the longest trend span, and zero it for keys that left it.  Only
+-- recent rows and the trend spans are read, never the whole history, except
+-- for a rebuild (first time, full, or after a gap of more than 50 minutes,
+-- when minutes may have become hours).
+CREATE FUNCTION @extschema@.refresh_ranking_one(d @extschema@.definition, t timestamptz, full_rebuild boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st @extschema@.ranking_state;
+	lo timestamptz;
+	hi timestamptz := date_trunc('minute', t, 'UTC') - interval '3 minutes';
+	span_max interval := (SELECT max(x) FROM unnest(d.trend_spans) AS x);
+	n bigint := 0;
+	c bigint;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('counter.ranking'), d.id);
+	SELECT * INTO st FROM @extschema@.ranking_state WHERE counter_id = d.id;
+	IF full_rebuild OR st IS NULL OR st.settled_until < t - interval '50 minutes'
+		OR st.settled_until > hi THEN
+		DELETE FROM @extschema@.ranking WHERE counter_id = d.id;
+		lo := '-infinity';
+		full_rebuild := true;
+	ELSE
+		lo := st.settled_until;
+	END IF;
+
+	-- 1. settle rows in [lo, hi)
+	CREATE TEMP TABLE IF NOT EXISTS pg_temp.counter_settle (key bigint, total bigint, m float8, v float8)
+		ON COMMIT DROP;
+	TRUNCATE pg_temp.counter_settle;
+	INSERT INTO pg_temp.counter_settle SELECT * FROM @extschema@.ranking_mass(d, lo, hi, full_rebuild);
+	UPDATE @extschema@.ranking r SET
+		total_settled = r.total_settled + g.total,
+		dlog_settled = @extschema@.log2_add_mass(r.dlog_settled, g.m, g.v)
+	FROM pg_temp.counter_settle g
+	WHERE r.counter_id = d.id AND r.key = g.key;
+	INSERT INTO @extschema@.ranking
+		(counter_id, key, total, trend, dlog, total_settled, dlog_settled, refreshed_at)
+	SELECT d.id, g.key, g.total, 0, '-Infinity', g.total,
+		@extschema@.log2_add_mass('-Infinity', g.m, g.v), t
+	FROM pg_temp.counter_settle g
+	WHERE NOT EXISTS (SELECT FROM @extschema@.ranking r WHERE r.counter_id = d.id AND r.key = g.key);
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	-- 2. current values of keys with rows from lo on
+	INSERT INTO @extschema@.ranking
+		(counter_id, key, total, trend, dlog, total_settled, dlog_settled, refreshed_at)
+	SELECT DISTINCT d.id, tl.key, 0, 0, '-Infinity'::float8, 0, '-Infinity'::float8, t
+	FROM @extschema@.tally tl
+	WHERE tl.counter_id = d.id AND tl.bucket >= hi AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)
+	  AND NOT EXISTS (SELECT FROM @extschema@.ranking r WHERE r.counter_id = d.id AND r.key = tl.key);
+	UPDATE @extschema@.ranking r SET
+		total = r.total_settled + coalesce(u.total, 0),
+		dlog = @extschema@.log2_add_mass(r.dlog_settled, u.m, u.v),
+		refreshed_at = t
+	FROM (
+		SELECT k.key, f.total, f.m, f.v
+		FROM (SELECT key FROM pg_temp.counter_settle
+			  UNION SELECT tl.key FROM @extschema@.tally tl
+			  WHERE tl.counter_id = d.id AND tl.bucket >= hi
+			    AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)) k
+		LEFT JOIN @extschema@.ranking_mass(d, hi, 'infinity', false) f ON f.key = k.key
+	) u
+	WHERE r.counter_id = d.id AND r.key = u.key
+	  AND (r.total, r.dlog) IS DISTINCT FROM
+		  (r.total_settled + coalesce(u.total, 0), @extschema@.log2_add_mass(r.dlog_settled, u.m, u.v));
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	-- 3. trend
+	UPDATE @extschema@.ranking r SET trend = coalesce(w.trend, 0), refreshed_at = t
+	FROM (
+		SELECT k.key, x.trend
+		FROM @extschema@.ranking k
+		LEFT JOIN (
+			SELECT tl.key, sum(tl.value * (
+				SELECT coalesce(sum(ws.weight::numeric), 0)
+				FROM unnest(d.trend_spans, d.trend_weights) AS ws(span, weight)
+				WHERE tl.bucket >= t - ws.span AND tl.bucket < t))::float8 AS trend
+			FROM @extschema@.tally tl
+			WHERE tl.counter_id = d.id AND tl.bucket >= t - span_max AND tl.bucket < t
+			GROUP BY tl.key
+		) x ON x.key = k.key
+		WHERE k.counter_id = d.id AND (x.key IS NOT NULL OR k.trend <> 0)
+	) w
+	WHERE r.counter_id = d.id AND r.key = w.key AND r.trend IS DISTINCT FROM coalesce(w.trend, 0);
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	INSERT INTO @extschema@.ranking_state AS s (counter_id, settled_until, full_at)
+	VALUES (d.id, greatest(hi, lo), CASE WHEN full_rebuild THEN t ELSE '-infinity' END)
+	ON CONFLICT (counter_id) DO UPDATE SET settled_until = excluded.settled_until,
+		full_at = CASE WHEN full_rebuild THEN t ELSE s.full_at END;
+	RETURN n;
+END $$;
+
+-- Refresh the ranking of every counter (or one) as of now: incrementally,
+-- or rebuilt from all rows with full => true (the worker rebuilds hourly,
+-- which picks up backfills older than the settled horizon).
 CREATE FUNCTION @extschema@.refresh_ranking(
 	counter @extschema@.counter DEFAULT NULL,
-	now timestamptz DEFAULT NULL)
+	now timestamptz DEFAULT NULL,
+	"full" boolean DEFAULT false)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	t timestamptz := coalesce(now, pg_catalog.now());
 	n bigint := 0;
-	c bigint;
-	d record;
+	d @extschema@.definition;
 BEGIN
 	FOR d IN SELECT * FROM @extschema@.definition
 		WHERE refresh_ranking.counter IS NULL OR id = @extschema@.id(refresh_ranking.counter)
+		ORDER BY id
 	LOOP
-		INSERT INTO @extschema@.ranking AS r (counter_id, key, total, trend, dlog, refreshed_at)
-		SELECT d.id, x.key, x.total, x.trend,
-			CASE WHEN x.dsum > 0 THEN x.m + log(2::numeric, x.dsum::numeric)::float8
-				ELSE '-Infinity'::float8 END,
-			t
-		FROM (
-			SELECT y.key, sum(y.value)::bigint AS total,
-				coalesce(sum(y.value * (
-					SELECT coalesce(sum(w.weight), 0) FROM unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
-					WHERE y.bucket >= t - w.span AND y.bucket < t)), 0) AS trend,
-				max(y.e) AS m,
-				sum(y.value * power(2::float8, y.e - y.emax)) FILTER (WHERE y.e IS NOT NULL) AS dsum
-			FROM (
-				SELECT tl.key, tl.value, tl.bucket, z.e, max(z.e) OVER (PARTITION BY tl.key) AS emax
-				FROM @extschema@.tally tl,
-					LATERAL (SELECT CASE WHEN tl.bucket > '-infinity' AND tl.bucket <= t THEN
-						extract(epoch FROM tl.bucket - '2026-01-01 00:00+00'::timestamptz)::float8
-						/ extract(epoch FROM d.half_life)::float8 END AS e) z
-				WHERE tl.counter_id = d.id
-			) y
-			GROUP BY y.key
-		) x
-		ON CONFLICT (counter_id, key) DO UPDATE
-			SET total = excluded.total, trend = excluded.trend, dlog = excluded.dlog,
-				refreshed_at = excluded.refreshed_at
-			WHERE (r.total, r.trend, r.dlog) IS DISTINCT FROM (excluded.total, excluded.trend, excluded.dlog);
-		GET DIAGNOSTICS c = ROW_COUNT;
-		n := n + c;
-		UPDATE @extschema@.ranking SET refreshed_at = t WHERE counter_id = d.id;
-		DELETE FROM @extschema@.ranking r WHERE r.counter_id = d.id
-			AND NOT EXISTS (SELECT FROM @extschema@.tally tl WHERE tl.counter_id = d.id AND tl.key = r.key);
+		n := n + @extschema@.refresh_ranking_one(d, t,
+			"full" OR coalesce((SELECT s.full_at < t - interval '1 hour'
+				FROM @extschema@.ranking_state s WHERE s.counter_id = d.id), true));
 	END LOOP;
+	DELETE FROM @extschema@.ranking r
+		WHERE NOT EXISTS (SELECT FROM @extschema@.definition dd WHERE dd.id = r.counter_id);
+	DELETE FROM @extschema@.ranking_state s
+		WHERE NOT EXISTS (SELECT FROM @extschema@.definition dd WHERE dd.id = s.counter_id);
 	RETURN n;
 END $$;
-COMMENT ON FUNCTION @extschema@.refresh_ranking(@extschema@.counter, timestamptz) IS
-	'recompute the ranking top() reads, as the worker does every counter.rank_interval; returns rows changed';
+COMMENT ON FUNCTION @extschema@.refresh_ranking(@extschema@.counter, timestamptz, boolean) IS
+	'refresh the ranking top() reads, as the worker does every counter.rank_interval; returns rows changed';
 
 CREATE FUNCTION @extschema@.top(
 	counter @extschema@.counter,
@@ -568,8 +709,8 @@ BEGIN
 				sum(tl.value) FILTER (WHERE tl.bucket >= t - span AND tl.bucket < t)::float8
 			WHEN by = 'total' THEN sum(tl.value)::float8
 			WHEN by = 'trend' THEN sum(tl.value * (
-				SELECT coalesce(sum(w.weight), 0) FROM unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
-				WHERE tl.bucket >= t - w.span AND tl.bucket < t))
+				SELECT coalesce(sum(w.weight::numeric), 0) FROM unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
+				WHERE tl.bucket >= t - w.span AND tl.bucket < t))::float8
 			ELSE coalesce(sum(tl.value * power(0.5::float8,
 				extract(epoch FROM t - tl.bucket)::float8 / extract(epoch FROM d.half_life)::float8))
 				FILTER (WHERE tl.bucket > '-infinity' AND tl.bucket <= t), 0)
@@ -669,7 +810,9 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.sparkline(@extschema@.counter, anyelement, interval, timestamptz, integer),
 	@extschema@.trend_score(@extschema@.counter, anyelement, timestamptz),
 	@extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz),
-	@extschema@.refresh_ranking(@extschema@.counter, timestamptz),
+	@extschema@.refresh_ranking(@extschema@.counter, timestamptz, boolean),
+	@extschema@.refresh_ranking_one(@extschema@.definition, timestamptz, boolean),
+	@extschema@.ranking_mass(@extschema@.definition, timestamptz, timestamptz, boolean),
 	@extschema@.top(@extschema@.counter, integer, text, timestamptz),
 	@extschema@.flush(),
 	@extschema@.compact(timestamptz),

@@ -450,6 +450,22 @@ CounterGetById(int32 id, CounterDef *def)
 				 errhint("Create it again with counter.create(), or name the counter afresh.")));
 }
 
+/*
+ * Maintenance that rewrites every counter's rows is for the extension's
+ * owner (the owner of its tables), its members and superusers.
+ */
+void
+CounterRequireExtensionOwner(const char *what)
+{
+	CounterLocateTables();
+	if (!has_privs_of_role(GetUserId(), tables_owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for %s", what),
+				 errdetail("It rewrites the rows of every counter."),
+				 errhint("Run it as the owner of the counter extension, a member of that role, or a superuser.")));
+}
+
 /* Only the counter's owner (or a member of it, or a superuser) may change it. */
 static void
 CounterCheckOwner(const CounterDef *def)

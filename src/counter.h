@@ -257,9 +257,12 @@ extern void CounterOverflow(const CounterDef *def, const int64 *key,
 extern int	CounterExecGuarded(const CounterDef *def, const int64 *key,
 							   bool reading, SPIPlanPtr plan, Datum *values);
 extern void CounterCheckName(const char *name);
+extern void CounterRequireExtensionOwner(const char *what);
 
 /* write.c */
 extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
+extern int64 CounterKeyArg(FunctionCallInfo fcinfo, int argno,
+						   const CounterDef *def, bool create, bool *known);
 extern bool CounterKeyIsBig(const CounterDef *def, int64 key);
 extern uint64 CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids,
 								Datum *keys, Datum *buckets, Datum *deltas,

@@ -44,48 +44,6 @@ CounterScalarGuarded(const CounterDef *def, const int64 *key, SPIPlanPtr plan,
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
-/*
- * Resolve the key argument for a read: a bigint, or a text key mapped to its
- * id.  Returns false for a text key never incremented.
- */
-static bool
-CounterReadKey(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
-			   int64 *key)
-{
-	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("key must not be null")));
-	if (argtype == INT8OID)
-	{
-		if (def->key_type == COUNTER_KEY_TEXT)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("counter \"%s\" has text keys", def->name),
-					 errhint("Pass the key as text, e.g. '42'::text.")));
-		*key = PG_GETARG_INT64(argno);
-		return true;
-	}
-	if (def->key_type == COUNTER_KEY_BIGINT)
-	{
-		char	   *s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-		char	   *end;
-
-		errno = 0;
-		*key = strtoi64(s, &end, 10);
-		if (*s == '\0' || *end != '\0' || errno != 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-					 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),
-					 errdetail("Counter \"%s\" has bigint keys.", def->name)));
-		return true;
-	}
-	*key = CounterTextKeyId(def, PG_GETARG_TEXT_PP(argno), false);
-	return *key >= 0;
-}
-
 /* Fetch the counter argument, refusing null. */
 static void
 CounterArg(FunctionCallInfo fcinfo, CounterDef *def)
@@ -137,6 +95,7 @@ counter_get(PG_FUNCTION_ARGS)
 	int64		key;
 	int64		total;
 	int64		max_age_us = -1;
+	bool		known;
 	Oid			argtypes[2] = {INT4OID, INT8OID};
 	Datum		values[2];
 
@@ -156,7 +115,8 @@ counter_get(PG_FUNCTION_ARGS)
 					 errmsg("max_age must not be negative")));
 		CounterRequireShmem("counter.get with max_age");
 	}
-	if (!CounterReadKey(fcinfo, 1, &def, &key))
+	key = CounterKeyArg(fcinfo, 1, &def, false, &known);
+	if (!known)
 		PG_RETURN_INT64(0);
 	if (max_age_us >= 0 && CounterCacheGet(def.id, key, max_age_us, &total))
 	{
@@ -196,6 +156,7 @@ counter_window(PG_FUNCTION_ARGS)
 	Oid			argtypes[4] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
 	Datum		values[4];
 	Interval	zero = {0};
+	bool		known;
 
 	CounterArg(fcinfo, &def);
 	if (PG_ARGISNULL(2))
@@ -218,7 +179,8 @@ counter_window(PG_FUNCTION_ARGS)
 	from = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
 												   TimestampTzGetDatum(now),
 												   IntervalPGetDatum(span)));
-	if (!CounterReadKey(fcinfo, 1, &def, &key))
+	key = CounterKeyArg(fcinfo, 1, &def, false, &known);
+	if (!known)
 		PG_RETURN_INT64(0);
 	values[0] = Int32GetDatum(def.id);
 	values[1] = Int64GetDatum(key);
@@ -270,7 +232,7 @@ counter_get_many(PG_FUNCTION_ARGS)
 	values[1] = PG_GETARG_DATUM(1);
 	CounterEnter(&scope);
 	if (textkeys)
-		rc = SPI_execute_plan(CounterPlan(&plan_get_many_text,
+		rc = CounterExecGuarded(&def, NULL, true, CounterPlan(&plan_get_many_text,
 										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
 										  "  FROM counter.tally t"
 										  "  WHERE t.counter_id = $1 AND t.key = m.id), 0), m.id"
@@ -279,16 +241,16 @@ counter_get_many(PG_FUNCTION_ARGS)
 										  "  ON m.counter_id = $1 AND m.name = u.k"
 										  " ORDER BY u.o",
 										  2, argtypes),
-							  values, NULL, true, 0);
+								values);
 	else
-		rc = SPI_execute_plan(CounterPlan(&plan_get_many,
+		rc = CounterExecGuarded(&def, NULL, true, CounterPlan(&plan_get_many,
 										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
 										  "  FROM counter.tally t"
 										  "  WHERE t.counter_id = $1 AND t.key = u.k), 0), u.k"
 										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
 										  " ORDER BY u.o",
 										  2, argtypes),
-							  values, NULL, true, 0);
+								values);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
 	for (i = 0; i < SPI_processed; i++)

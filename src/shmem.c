@@ -210,67 +210,81 @@ CounterUnlockAll(void)
 }
 
 /*
- * Find (or, with create, make) the entry of (counter, key) and reserve a slot
- * for bucket in it.  Returns NULL when the buffer is full or both slots hold
- * other minutes: the caller then takes the durable path.  *is_new tells the
- * caller that the entry was just made (its `big` flag still to be set).
+ * Find the entry of (counter, key) in this database, making it (if create)
+ * when there is room under counter.buffer_keys.  Returns with the entry's
+ * partition lock held, in *lock (shared, or exclusive if it had to look
+ * for room); the caller releases it.  NULL when absent or when there is no
+ * room.  *is_new tells that the entry was just made.
  */
-CounterBufEntry *
-CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
-				  int *slotno, bool *is_new)
+static CounterBufEntry *
+CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
+				 bool *is_new)
 {
 	CounterBufKey k;
 	uint32		hashcode;
-	LWLock	   *lock;
 	CounterBufEntry *entry;
-	int			i;
-	int			free_slot = -1;
+	bool		found;
 
 	memset(&k, 0, sizeof(k));
 	k.dbid = MyDatabaseId;
 	k.counter_id = counter_id;
 	k.key = key;
 	hashcode = get_hash_value(buffer_hash, &k);
-	lock = CounterPartitionLock(hashcode);
+	*lock = CounterPartitionLock(hashcode);
 	*is_new = false;
 
-	LWLockAcquire(lock, LW_SHARED);
+	LWLockAcquire(*lock, LW_SHARED);
 	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry || !create)
+		return entry;
+
+	LWLockRelease(*lock);
+	LWLockAcquire(*lock, LW_EXCLUSIVE);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry)
+		return entry;
+	if (pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) >= (uint32) counter_buffer_keys)
+	{
+		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		return NULL;
+	}
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_ENTER_NULL, &found);
 	if (entry == NULL)
 	{
-		bool		found;
-
-		LWLockRelease(lock);
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
-											HASH_FIND, NULL);
-		if (entry == NULL)
-		{
-			if (pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) >=
-				(uint32) counter_buffer_keys)
-			{
-				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
-				LWLockRelease(lock);
-				return NULL;
-			}
-			entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
-												HASH_ENTER_NULL, &found);
-			if (entry == NULL)
-			{
-				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
-				LWLockRelease(lock);
-				return NULL;
-			}
-			SpinLockInit(&entry->mutex);
-			entry->big = false;
-			entry->fold_xid = InvalidTransactionId;
-			memset(entry->slots, 0, sizeof(entry->slots));
-			entry->cached_at = 0;
-			entry->cached_value = 0;
-			*is_new = true;
-		}
+		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		return NULL;
 	}
+	SpinLockInit(&entry->mutex);
+	entry->big = false;
+	entry->fold_xid = InvalidTransactionId;
+	memset(entry->slots, 0, sizeof(entry->slots));
+	entry->cached_at = 0;
+	entry->cached_value = 0;
+	*is_new = true;
+	return entry;
+}
 
+/*
+ * Find (or make) the entry of (counter, key) and reserve a slot for bucket
+ * in it.  Returns NULL when the buffer is full or both slots hold other
+ * minutes: the caller then takes the durable path.  *is_new tells the
+ * caller that the entry was just made (its `big` flag still to be set).
+ */
+CounterBufEntry *
+CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
+				  int *slotno, bool *is_new)
+{
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	int			i;
+	int			free_slot = -1;
+
+	entry = CounterBufLookup(counter_id, key, true, &lock, is_new);
+	if (entry == NULL)
+	{
+		LWLockRelease(lock);
+		return NULL;
+	}
 	SpinLockAcquire(&entry->mutex);
 	for (i = 0; i < COUNTER_BUF_SLOTS; i++)
 	{
@@ -324,21 +338,13 @@ CounterBufSetBig(CounterBufEntry *entry)
 void
 CounterBufMarkBig(int32 counter_id, int64 key)
 {
-	CounterBufKey k;
-	uint32		hashcode;
 	LWLock	   *lock;
+	bool		is_new;
 	CounterBufEntry *entry;
 
 	if (!CounterShmemReady())
 		return;
-	memset(&k, 0, sizeof(k));
-	k.dbid = MyDatabaseId;
-	k.counter_id = counter_id;
-	k.key = key;
-	hashcode = get_hash_value(buffer_hash, &k);
-	lock = CounterPartitionLock(hashcode);
-	LWLockAcquire(lock, LW_SHARED);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry)
 		CounterBufSetBig(entry);
 	LWLockRelease(lock);
@@ -358,15 +364,14 @@ CounterInflightUnseen(TransactionId xid, Snapshot snapshot)
 /*
  * Sum what the buffer holds for (counter, key) in buckets [from, to), as
  * seen from snapshot: pending, plus inflight that the snapshot cannot see in
- * the tables yet.  Also reports whether the key is marked big.
+ * the tables yet.
  */
 int64
 CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 				  TimestampTz to, Snapshot snapshot)
 {
-	CounterBufKey k;
-	uint32		hashcode;
 	LWLock	   *lock;
+	bool		is_new;
 	CounterBufEntry *entry;
 	int64		sum = 0;
 	int64		inflight = 0;
@@ -375,15 +380,7 @@ CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 
 	if (!CounterShmemReady())
 		return 0;
-	memset(&k, 0, sizeof(k));
-	k.dbid = MyDatabaseId;
-	k.counter_id = counter_id;
-	k.key = key;
-	hashcode = get_hash_value(buffer_hash, &k);
-	lock = CounterPartitionLock(hashcode);
-
-	LWLockAcquire(lock, LW_SHARED);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry)
 	{
 		SpinLockAcquire(&entry->mutex);
@@ -410,21 +407,13 @@ CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 bool
 CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
 {
-	CounterBufKey k;
-	uint32		hashcode;
 	LWLock	   *lock;
+	bool		is_new;
 	CounterBufEntry *entry;
 	bool		hit = false;
 	TimestampTz now = GetCurrentTimestamp();
 
-	memset(&k, 0, sizeof(k));
-	k.dbid = MyDatabaseId;
-	k.counter_id = counter_id;
-	k.key = key;
-	hashcode = get_hash_value(buffer_hash, &k);
-	lock = CounterPartitionLock(hashcode);
-	LWLockAcquire(lock, LW_SHARED);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry)
 	{
 		SpinLockAcquire(&entry->mutex);
@@ -446,45 +435,11 @@ CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
 void
 CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
 {
-	CounterBufKey k;
-	uint32		hashcode;
 	LWLock	   *lock;
+	bool		is_new;
 	CounterBufEntry *entry;
-	bool		found;
 
-	memset(&k, 0, sizeof(k));
-	k.dbid = MyDatabaseId;
-	k.counter_id = counter_id;
-	k.key = key;
-	hashcode = get_hash_value(buffer_hash, &k);
-	lock = CounterPartitionLock(hashcode);
-	LWLockAcquire(lock, LW_SHARED);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
-	if (entry == NULL)
-	{
-		LWLockRelease(lock);
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
-		if (entry == NULL &&
-			pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) <
-			(uint32) counter_buffer_keys)
-		{
-			entry = hash_search_with_hash_value(buffer_hash, &k, hashcode,
-												HASH_ENTER_NULL, &found);
-			if (entry)
-			{
-				SpinLockInit(&entry->mutex);
-				entry->big = false;
-				entry->fold_xid = InvalidTransactionId;
-				memset(entry->slots, 0, sizeof(entry->slots));
-				entry->cached_at = 0;
-			}
-			else
-				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
-		}
-		else if (entry == NULL)
-			pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
-	}
+	entry = CounterBufLookup(counter_id, key, true, &lock, &is_new);
 	if (entry)
 	{
 		SpinLockAcquire(&entry->mutex);

@@ -134,6 +134,26 @@ CounterRecordError(const char *what, ErrorData *edata)
 	SpinLockRelease(&counter_shared->mutex);
 }
 
+/*
+ * In a PG_CATCH of a worker round: abort the transaction, log the error as
+ * a WARNING and count it in counter.worker_status(); the round is retried
+ * later.  cxt is the memory context the round started in.
+ */
+static void
+CounterReportFailure(const char *what, MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	edata->elevel = WARNING;
+	ThrowErrorData(edata);
+	CounterRecordError(what, edata);
+	FreeErrorData(edata);
+}
+
 /* Drain callback: append one amount to the batch. */
 static void
 CounterFoldCollect(void *arg, int32 counter_id, int64 key, TimestampTz bucket,
@@ -212,18 +232,9 @@ CounterFold(void)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
+		CounterReportFailure("fold", cxt);
 		if (TransactionIdIsValid(xid))
 			CounterBufUndrain(xid);
-		edata->elevel = WARNING;
-		ThrowErrorData(edata);
-		CounterRecordError("fold", edata);
-		FreeErrorData(edata);
 		result = -1;
 	}
 	PG_END_TRY();
@@ -419,16 +430,7 @@ CounterGuardedPass(const char *what, void (*pass) (void))
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		edata->elevel = WARNING;
-		ThrowErrorData(edata);
-		CounterRecordError(what, edata);
-		FreeErrorData(edata);
+		CounterReportFailure(what, cxt);
 	}
 	PG_END_TRY();
 }
@@ -447,6 +449,7 @@ CounterWorkerMain(Datum arg)
 	MemoryContext loop_cxt;
 	TimestampTz last_compact = 0;
 	TimestampTz last_rank = 0;
+	TimestampTz last_evict = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, CounterWorkerSigterm);
@@ -501,8 +504,13 @@ CounterWorkerMain(Datum arg)
 			{
 				CounterSetState("compacting");
 				CounterGuardedPass("compaction", CounterCompactPass);
-				CounterBufEvict(60 * USECS_PER_SEC);
 				last_compact = now;
+			}
+			if (now - last_evict >= 10 * USECS_PER_SEC)
+			{
+				/* idle buffer entries and cached totals older than a minute */
+				CounterBufEvict(60 * USECS_PER_SEC);
+				last_evict = now;
 			}
 			if (counter_rank_interval > 0 &&
 				now - last_rank >= (int64) counter_rank_interval * 1000)
@@ -610,8 +618,8 @@ counter_flush(PG_FUNCTION_ARGS)
 /*
  * counter.compact(now): run the worker's compaction, and its purge of
  * expired event ids and rate windows, in this session, e.g. in tests with
- * an explicit now, or where no worker runs.  Superuser or the
- * extension's owner only (it rewrites every counter's rows).
+ * an explicit now, or where no worker runs.  For the extension's owner
+ * (it rewrites every counter's rows).
  */
 Datum
 counter_compact(PG_FUNCTION_ARGS)
@@ -621,6 +629,7 @@ counter_compact(PG_FUNCTION_ARGS)
 	int64		total = 0;
 	int			i;
 
+	CounterRequireExtensionOwner("counter.compact()");
 	if (TIMESTAMP_NOT_FINITE(now))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -300,14 +300,19 @@ CounterNotNull(FunctionCallInfo fcinfo, int argno, const char *what)
 /*
  * Resolve argument argno, a bigint or a text key, to the key id for def.
  * A text key for a bigint counter must spell a bigint; a bigint key for a
- * text counter is refused.  Returns -1 for an unknown text key when !create.
+ * text counter is refused.  Text keys of text counters go through the key
+ * table: with create a new key gets an id, without it an unknown key
+ * returns -1 with *known false.  Used by the write and the read paths.
  */
-static int64
+int64
 CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 			  bool create, bool *known)
 {
 	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
+	text	   *key;
+	int64		id;
 
+	CounterNotNull(fcinfo, argno, "key");
 	*known = true;
 	if (argtype == INT8OID)
 	{
@@ -318,34 +323,25 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 					 errhint("Pass the key as text, e.g. '42'::text.")));
 		return PG_GETARG_INT64(argno);
 	}
-	else
+	key = PG_GETARG_TEXT_PP(argno);
+	if (def->key_type == COUNTER_KEY_BIGINT)
 	{
-		text	   *key = PG_GETARG_TEXT_PP(argno);
+		char	   *s = text_to_cstring(key);
+		char	   *end;
 
-		if (def->key_type == COUNTER_KEY_BIGINT)
-		{
-			char	   *s = text_to_cstring(key);
-			int64		v;
-			char	   *end;
-
-			errno = 0;
-			v = strtoi64(s, &end, 10);
-			if (*s == '\0' || *end != '\0' || errno != 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-						 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),
-						 errdetail("Counter \"%s\" has bigint keys.", def->name),
-						 errhint("Create a counter with key_type => 'text' for text keys.")));
-			return v;
-		}
-		else
-		{
-			int64		id = CounterTextKeyIdScoped(def, key, create);
-
-			*known = id >= 0;
-			return id;
-		}
+		errno = 0;
+		id = strtoi64(s, &end, 10);
+		if (*s == '\0' || *end != '\0' || errno != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),
+					 errdetail("Counter \"%s\" has bigint keys.", def->name),
+					 errhint("Create a counter with key_type => 'text' for text keys.")));
+		return id;
 	}
+	id = CounterTextKeyId(def, key, create);
+	*known = id >= 0;
+	return id;
 }
 
 /* The statistic a durable increment of this counter counts under. */
@@ -398,15 +394,7 @@ counter_incr(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > 5 && !PG_ARGISNULL(5) && def.max_per_actor > 0)
 		actor = PG_GETARG_TEXT_PP(5);
 
-	/* text keys of text counters need the key table; everything else not */
-	if (def.key_type == COUNTER_KEY_TEXT)
-	{
-		CounterEnter(&scope);
-		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
-		CounterLeave(&scope);
-	}
-	else
-		key = CounterKeyArg(fcinfo, 1, &def, true, &known);
+	key = CounterKeyArg(fcinfo, 1, &def, true, &known);
 
 	/*
 	 * Limits: a duplicate spends no budget, and a refused increment marks no
