@@ -96,7 +96,8 @@ typedef struct CounterBufSlot
 typedef struct CounterBufEntry
 {
 	CounterBufKey key;
-	slock_t		mutex;
+	slock_t		mutex;			/* serializes writers */
+	pg_atomic_uint32 changecount;	/* odd while a writer changes the entry */
 	bool		big;
 	TransactionId fold_xid;
 	CounterBufSlot slots[COUNTER_BUF_SLOTS];

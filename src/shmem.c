@@ -10,6 +10,9 @@
  * spinlock, so writers of different keys never touch the same lock and
  * writers of one hot key hold a spinlock for a few instructions.
  *
+ * Readers do not take the spinlock: writers bump a change count around each
+ * change and readers retry a copy that overlapped one (CounterEntryLock).
+ *
  * Each entry has COUNTER_BUF_SLOTS minute slots.  A slot holds
  *	 pending	committed increments not yet folded into the tables;
  *	 inflight	increments a fold has taken, written by fold_xid;
@@ -187,6 +190,47 @@ CounterPartitionLock(uint32 hashcode)
 }
 
 /*
+ * Writers of an entry hold its spinlock and make its change count odd while
+ * they change it; readers take no lock: they copy the fields and retry if
+ * the count was odd or moved meanwhile, so readers of a hot key never
+ * contend with each other.
+ */
+static inline void
+CounterEntryLock(CounterBufEntry *entry)
+{
+	SpinLockAcquire(&entry->mutex);
+	pg_atomic_fetch_add_u32(&entry->changecount, 1);
+}
+
+/* End a change begun by CounterEntryLock. */
+static inline void
+CounterEntryUnlock(CounterBufEntry *entry)
+{
+	pg_atomic_fetch_add_u32(&entry->changecount, 1);
+	SpinLockRelease(&entry->mutex);
+}
+
+/* Start a lock-free read of an entry; pass the result to CounterEntryReadEnd. */
+static inline uint32
+CounterEntryReadBegin(CounterBufEntry *entry)
+{
+	uint32		count;
+
+	while ((count = pg_atomic_read_u32(&entry->changecount)) & 1)
+		SPIN_DELAY();
+	pg_read_barrier();
+	return count;
+}
+
+/* Whether a read begun with `before` saw a consistent entry. */
+static inline bool
+CounterEntryReadEnd(CounterBufEntry *entry, uint32 before)
+{
+	pg_read_barrier();
+	return pg_atomic_read_u32(&entry->changecount) == before;
+}
+
+/*
  * Lock every partition, in order, for a scan of the whole buffer (dynahash
  * requires all partition locks for hash_seq_search on a partitioned table).
  */
@@ -255,6 +299,7 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 		return NULL;
 	}
 	SpinLockInit(&entry->mutex);
+	pg_atomic_init_u32(&entry->changecount, 0);
 	entry->big = false;
 	entry->fold_xid = InvalidTransactionId;
 	memset(entry->slots, 0, sizeof(entry->slots));
@@ -285,7 +330,7 @@ CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
 		LWLockRelease(lock);
 		return NULL;
 	}
-	SpinLockAcquire(&entry->mutex);
+	CounterEntryLock(entry);
 	for (i = 0; i < COUNTER_BUF_SLOTS; i++)
 	{
 		CounterBufSlot *s = &entry->slots[i];
@@ -302,7 +347,7 @@ CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
 		entry->slots[i].bucket = bucket;
 		entry->slots[i].refs++;
 	}
-	SpinLockRelease(&entry->mutex);
+	CounterEntryUnlock(entry);
 	LWLockRelease(lock);
 
 	*slotno = i;
@@ -319,19 +364,19 @@ CounterBufRelease(CounterBufEntry *entry, int slotno, int64 delta)
 {
 	CounterBufSlot *s = &entry->slots[slotno];
 
-	SpinLockAcquire(&entry->mutex);
+	CounterEntryLock(entry);
 	s->pending += delta;
 	s->refs--;
-	SpinLockRelease(&entry->mutex);
+	CounterEntryUnlock(entry);
 }
 
 /* Mark a key as big (see write.c): its increments then take the durable path. */
 void
 CounterBufSetBig(CounterBufEntry *entry)
 {
-	SpinLockAcquire(&entry->mutex);
+	CounterEntryLock(entry);
 	entry->big = true;
-	SpinLockRelease(&entry->mutex);
+	CounterEntryUnlock(entry);
 }
 
 /* Mark (counter, key) big if the buffer has an entry for it. */
@@ -383,18 +428,24 @@ CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry)
 	{
-		SpinLockAcquire(&entry->mutex);
-		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-		{
-			CounterBufSlot *s = &entry->slots[i];
+		uint32		before;
 
-			if (s->bucket < from || s->bucket >= to)
-				continue;
-			sum += s->pending;
-			inflight += s->inflight;
-		}
-		xid = entry->fold_xid;
-		SpinLockRelease(&entry->mutex);
+		do
+		{
+			before = CounterEntryReadBegin(entry);
+			sum = 0;
+			inflight = 0;
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+			{
+				volatile CounterBufSlot *s = &entry->slots[i];
+
+				if (s->bucket < from || s->bucket >= to)
+					continue;
+				sum += s->pending;
+				inflight += s->inflight;
+			}
+			xid = entry->fold_xid;
+		} while (!CounterEntryReadEnd(entry, before));
 	}
 	LWLockRelease(lock);
 
@@ -416,13 +467,21 @@ CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
 	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry)
 	{
-		SpinLockAcquire(&entry->mutex);
-		if (entry->cached_at != 0 && now - entry->cached_at <= max_age_us)
+		uint32		before;
+		TimestampTz at;
+		int64		v;
+
+		do
 		{
-			*value = entry->cached_value;
+			before = CounterEntryReadBegin(entry);
+			at = entry->cached_at;
+			v = entry->cached_value;
+		} while (!CounterEntryReadEnd(entry, before));
+		if (at != 0 && now - at <= max_age_us)
+		{
+			*value = v;
 			hit = true;
 		}
-		SpinLockRelease(&entry->mutex);
 	}
 	LWLockRelease(lock);
 	return hit;
@@ -442,13 +501,13 @@ CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
 	entry = CounterBufLookup(counter_id, key, true, &lock, &is_new);
 	if (entry)
 	{
-		SpinLockAcquire(&entry->mutex);
+		CounterEntryLock(entry);
 		if (at >= entry->cached_at)
 		{
 			entry->cached_at = at;
 			entry->cached_value = value;
 		}
-		SpinLockRelease(&entry->mutex);
+		CounterEntryUnlock(entry);
 	}
 	LWLockRelease(lock);
 }
@@ -478,7 +537,7 @@ CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg)
 
 			if (entry->key.dbid != MyDatabaseId)
 				continue;
-			SpinLockAcquire(&entry->mutex);
+			CounterEntryLock(entry);
 			/* settle the previous fold if nobody can still miss it */
 			if (TransactionIdIsValid(entry->fold_xid))
 			{
@@ -508,7 +567,7 @@ CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg)
 					n++;
 				}
 			}
-			SpinLockRelease(&entry->mutex);
+			CounterEntryUnlock(entry);
 		}
 		CounterUnlockAll();
 	}
@@ -533,7 +592,7 @@ CounterBufUndrain(TransactionId xid)
 		{
 			int			i;
 
-			SpinLockAcquire(&entry->mutex);
+			CounterEntryLock(entry);
 			if (entry->fold_xid == xid)
 			{
 				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
@@ -543,7 +602,7 @@ CounterBufUndrain(TransactionId xid)
 				}
 				entry->fold_xid = InvalidTransactionId;
 			}
-			SpinLockRelease(&entry->mutex);
+			CounterEntryUnlock(entry);
 		}
 		CounterUnlockAll();
 	}
@@ -608,10 +667,10 @@ CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys)
 
 			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
 				continue;
-			SpinLockAcquire(&entry->mutex);
+			CounterEntryLock(entry);
 			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
 				sum += entry->slots[i].pending;
-			SpinLockRelease(&entry->mutex);
+			CounterEntryUnlock(entry);
 			if (sum != 0)
 			{
 				*pending += sum;
@@ -709,7 +768,7 @@ CounterShmemForget(int32 counter_id)
 		{
 			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
 				continue;
-			SpinLockAcquire(&entry->mutex);
+			CounterEntryLock(entry);
 			entry->cached_at = 0;
 			entry->big = false;
 			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
@@ -717,7 +776,7 @@ CounterShmemForget(int32 counter_id)
 				entry->slots[i].pending = 0;
 				entry->slots[i].inflight = 0;
 			}
-			SpinLockRelease(&entry->mutex);
+			CounterEntryUnlock(entry);
 		}
 		CounterUnlockAll();
 	}
