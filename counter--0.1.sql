@@ -338,11 +338,11 @@ COMMENT ON FUNCTION @extschema@.key_id(@extschema@.counter, text) IS
 -- Windows and trending --------------------------------------------------------
 -- These are SECURITY DEFINER (the tables are private) with a fixed
 -- search_path; who may call them is governed by EXECUTE as for the rest.
--- Keys are polymorphic so that bigint keys, text keys and bigint keys
--- spelt as text all work, as with counter.window.
+-- Each takes the key as text, which counter.window and key_of read as a
+-- text key or as a bigint spelt out; a bigint overload passes key::text.
 
 -- The numeric id behind a key argument, or null if a text key is unknown.
-CREATE FUNCTION @extschema@.key_of(counter @extschema@.counter, key anyelement)
+CREATE FUNCTION @extschema@.key_of(counter @extschema@.counter, key text)
 RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -351,7 +351,7 @@ BEGIN
 		RETURN @extschema@.key_id(counter, key::text);
 	END IF;
 	BEGIN
-		RETURN key::text::bigint;
+		RETURN key::bigint;
 	EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
 		RAISE EXCEPTION USING ERRCODE = '22P02',
 			MESSAGE = format('invalid key "%s" for counter "%s"', key, counter),
@@ -361,7 +361,7 @@ END $$;
 
 CREATE FUNCTION @extschema@.series(
 	counter @extschema@.counter,
-	key anyelement,
+	key text,
 	"from" timestamptz,
 	"to" timestamptz,
 	step interval)
@@ -388,12 +388,12 @@ BEGIN
 	FROM generate_series("from", "to" - step, step) AS g(b)
 	ORDER BY g.b;
 END $$;
-COMMENT ON FUNCTION @extschema@.series(@extschema@.counter, anyelement, timestamptz, timestamptz, interval) IS
+COMMENT ON FUNCTION @extschema@.series(@extschema@.counter, text, timestamptz, timestamptz, interval) IS
 	'counts per step from from to to: each row is counter.window over [bucket, bucket + step)';
 
 CREATE FUNCTION @extschema@.sparkline(
 	counter @extschema@.counter,
-	key anyelement,
+	key text,
 	span interval,
 	now timestamptz DEFAULT NULL,
 	points integer DEFAULT 24)
@@ -425,12 +425,12 @@ BEGIN
 	END LOOP;
 	RETURN line;
 END $$;
-COMMENT ON FUNCTION @extschema@.sparkline(@extschema@.counter, anyelement, interval, timestamptz, integer) IS
+COMMENT ON FUNCTION @extschema@.sparkline(@extschema@.counter, text, interval, timestamptz, integer) IS
 	'a Unicode sparkline of the counts over [now - span, now), one character per span / points';
 
 CREATE FUNCTION @extschema@.trend_score(
 	counter @extschema@.counter,
-	key anyelement,
+	key text,
 	now timestamptz DEFAULT NULL)
 RETURNS float8
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -441,12 +441,12 @@ AS $$
 		unnest(d.trend_spans, d.trend_weights) AS w(span, weight)
 	WHERE d.id = @extschema@.id(trend_score.counter)
 $$;
-COMMENT ON FUNCTION @extschema@.trend_score(@extschema@.counter, anyelement, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.trend_score(@extschema@.counter, text, timestamptz) IS
 	'sum of weight x count over each trend span: by default 1.0 x last hour + 0.5 x last day + 0.1 x last week';
 
 CREATE FUNCTION @extschema@.decayed_score(
 	counter @extschema@.counter,
-	key anyelement,
+	key text,
 	now timestamptz DEFAULT NULL)
 RETURNS float8
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -460,8 +460,30 @@ AS $$
 	  AND t.key = @extschema@.key_of(decayed_score.counter, decayed_score.key)
 	  AND t.bucket > '-infinity' AND t.bucket <= coalesce(decayed_score.now, pg_catalog.now())
 $$;
-COMMENT ON FUNCTION @extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz) IS
+COMMENT ON FUNCTION @extschema@.decayed_score(@extschema@.counter, text, timestamptz) IS
 	'sum of each increment x 0.5 ^ (age / half_life), at minute resolution';
+
+-- bigint keys: the same, through the text form.
+CREATE FUNCTION @extschema@.series(counter @extschema@.counter, key bigint,
+	"from" timestamptz, "to" timestamptz, step interval)
+RETURNS TABLE (bucket timestamptz, value bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM @extschema@.series($1, $2::text, $3, $4, $5) $$;
+CREATE FUNCTION @extschema@.sparkline(counter @extschema@.counter, key bigint,
+	span interval, now timestamptz DEFAULT NULL, points integer DEFAULT 24)
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@.sparkline($1, $2::text, $3, $4, $5) $$;
+CREATE FUNCTION @extschema@.trend_score(counter @extschema@.counter, key bigint,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@.trend_score($1, $2::text, $3) $$;
+CREATE FUNCTION @extschema@.decayed_score(counter @extschema@.counter, key bigint,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@.decayed_score($1, $2::text, $3) $$;
 
 -- log2(2^a + sign * 2^b), clamped at an empty (zero or negative) sum:
 -- adding a signed contribution in the log domain without overflow.
@@ -805,11 +827,15 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.window(@extschema@.counter, text, interval, timestamptz),
 	@extschema@.key_id(@extschema@.counter, text),
 	@extschema@.definition_changed(),
-	@extschema@.key_of(@extschema@.counter, anyelement),
-	@extschema@.series(@extschema@.counter, anyelement, timestamptz, timestamptz, interval),
-	@extschema@.sparkline(@extschema@.counter, anyelement, interval, timestamptz, integer),
-	@extschema@.trend_score(@extschema@.counter, anyelement, timestamptz),
-	@extschema@.decayed_score(@extschema@.counter, anyelement, timestamptz),
+	@extschema@.key_of(@extschema@.counter, text),
+	@extschema@.series(@extschema@.counter, text, timestamptz, timestamptz, interval),
+	@extschema@.sparkline(@extschema@.counter, text, interval, timestamptz, integer),
+	@extschema@.trend_score(@extschema@.counter, text, timestamptz),
+	@extschema@.decayed_score(@extschema@.counter, text, timestamptz),
+	@extschema@.series(@extschema@.counter, bigint, timestamptz, timestamptz, interval),
+	@extschema@.sparkline(@extschema@.counter, bigint, interval, timestamptz, integer),
+	@extschema@.trend_score(@extschema@.counter, bigint, timestamptz),
+	@extschema@.decayed_score(@extschema@.counter, bigint, timestamptz),
 	@extschema@.refresh_ranking(@extschema@.counter, timestamptz, boolean),
 	@extschema@.refresh_ranking_one(@extschema@.definition, timestamptz, boolean),
 	@extschema@.ranking_mass(@extschema@.definition, timestamptz, timestamptz, boolean),

@@ -116,6 +116,11 @@ FROM counter.ranking r JOIN counter.counters c ON c.id = r.counter_id WHERE c.na
 SELECT counter.create('tops_text', key_type => 'text');
 SELECT counter.incr('tops_text', 'postgres', 3), counter.incr('tops_text', 'redis', 2);
 SELECT key_text, value, rank FROM counter.top('tops_text', 5, 'total', now => now() + interval '1 minute');
+-- Text literals work as keys everywhere.
+SELECT counter.trend_score('tops_text', 'postgres') AS trend,
+       counter.decayed_score('tops_text', 'postgres') > 2.9 AS decayed,
+       length(counter.sparkline('tops_text', 'postgres', '1 hour', points => 6)) AS spark,
+       (SELECT sum(value) FROM counter.series('tops_text', 'redis', date_trunc('hour', now()), date_trunc('hour', now()) + interval '1 hour', '1 hour')) AS series;
 -- Bad arguments.
 SELECT * FROM counter.top('tops', 0);
 SELECT * FROM counter.top('tops', 3, 'loudest');
