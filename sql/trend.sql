@@ -120,7 +120,7 @@ SELECT key_text, value, rank FROM counter.top('tops_text', 5, 'total', now => no
 SELECT counter.trend_score('tops_text', 'postgres') AS trend,
        counter.decayed_score('tops_text', 'postgres') > 2.9 AS decayed,
        length(counter.sparkline('tops_text', 'postgres', '1 hour', points => 6)) AS spark,
-       (SELECT sum(value) FROM counter.series('tops_text', 'redis', date_trunc('hour', now()), date_trunc('hour', now()) + interval '1 hour', '1 hour')) AS series;
+       (SELECT sum(value) FROM counter.series('tops_text', 'redis', now() - interval '1 hour', now() + interval '1 hour', '2 hours')) AS series;
 -- Bad arguments.
 SELECT * FROM counter.top('tops', 0);
 SELECT * FROM counter.top('tops', 3, 'loudest');
