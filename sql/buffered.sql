@@ -8,7 +8,7 @@ SELECT counter.create('b_text', mode => 'buffered', key_type => 'text');
 SELECT counter.incr('b', 1), counter.incr('b', 1, 4), counter.incr('b', 2, -3);
 SELECT counter.get('b', 1) AS five, counter.get('b', 2) AS minus_three;
 SELECT * FROM counter.get_many('b', ARRAY[2, 1, 3]::bigint[]);
-SELECT counter.window('b', 1, '1 minute') AS five_this_minute;
+SELECT counter.window('b', 1, '2 minutes') AS five_lately;
 
 -- Transactions: own writes seen, rollback and savepoints honoured.
 BEGIN;
