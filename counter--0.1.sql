@@ -806,6 +806,66 @@ CREATE VIEW @extschema@.stats AS
 COMMENT ON VIEW @extschema@.stats IS
 	'per counter since server start: committed increments by path (increments = accepted), refused duplicates and rate-limited ones, buffered deltas pending and folded, cache hits, last fold';
 
+-- Redis ingestion -----------------------------------------------------------
+-- The worker drains INCR keys and stream events from Redis (counter.redis_url)
+-- exactly once; see src/redis_keys.c and src/redis_stream.c.
+
+-- Batches of claimed keys applied; a batch's in-flight hashes in Redis are
+-- deleted after its commit, and recovery checks this table for their ids.
+CREATE TABLE @extschema@.redis_batch (
+	batch_id text PRIMARY KEY,
+	master text NOT NULL,
+	items bigint NOT NULL,
+	applied_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX redis_batch_applied_at ON @extschema@.redis_batch (applied_at);
+COMMENT ON TABLE @extschema@.redis_batch IS
+	'ids of Redis key batches applied (exactly-once drain); kept until their in-flight records are gone, at most 7 days';
+
+-- The last stream entry applied, per master, stream and consumer group.
+CREATE TABLE @extschema@.redis_stream_pos (
+	master text NOT NULL,
+	stream text NOT NULL,
+	grp text NOT NULL,
+	last_id text NOT NULL,
+	updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (master, stream, grp)
+);
+COMMENT ON TABLE @extschema@.redis_stream_pos IS
+	'id of the last Redis stream entry applied, per master, stream and consumer group';
+
+-- What the drain could not apply: bad values, bad keys, bad stream entries.
+CREATE TABLE @extschema@.redis_quarantine (
+	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	master text NOT NULL,
+	redis_key text NOT NULL,
+	value text NOT NULL,
+	reason text NOT NULL,
+	at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE @extschema@.redis_quarantine IS
+	'Redis keys and stream entries the worker could not count, with the reason; keys are also moved to the hash counter:quarantine:{tag} in Redis';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redis_batch', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redis_stream_pos', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redis_quarantine', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redis_quarantine_id_seq', '');
+
+CREATE FUNCTION @extschema@.redis_status(
+	OUT url text, OUT connected boolean, OUT last_drain timestamptz,
+	OUT drained_deltas bigint, OUT backlog_keys bigint, OUT stream_lag bigint,
+	OUT quarantined bigint, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_redis_status' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.redis_status() IS
+	'one row per Redis master the worker drains: connection, last drain, deltas drained, backlog, stream lag, quarantined items, last error';
+
+CREATE FUNCTION @extschema@.redis_incr_script()
+RETURNS text
+AS 'MODULE_PATHNAME', 'counter_redis_incr_script' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.redis_incr_script() IS
+	'Lua for a deduplicated increment in Redis (SET NX EX + INCRBY), to load with SCRIPT LOAD and run with EVALSHA';
+
 -- Privileges ----------------------------------------------------------------
 -- Nothing is granted to PUBLIC but the type's own functions and the list of
 -- counters: grant USAGE on the schema and EXECUTE on what each role needs.
@@ -843,7 +903,9 @@ REVOKE EXECUTE ON FUNCTION
 	@extschema@.flush(),
 	@extschema@.compact(timestamptz),
 	@extschema@.stats_raw(),
-	@extschema@.worker_status()
+	@extschema@.worker_status(),
+	@extschema@.redis_status(),
+	@extschema@.redis_incr_script()
 FROM PUBLIC;
 GRANT SELECT ON @extschema@.counters TO PUBLIC;
 REVOKE ALL ON @extschema@.stats FROM PUBLIC;
