@@ -133,7 +133,8 @@ CREATE INDEX ranking_decayed ON @extschema@.ranking (counter_id, dlog DESC);
 CREATE TABLE @extschema@.ranking_state (
 	counter_id integer PRIMARY KEY,
 	settled_until timestamptz NOT NULL,
-	full_at timestamptz NOT NULL
+	full_at timestamptz NOT NULL,
+	refreshed_at timestamptz NOT NULL
 );
 COMMENT ON TABLE @extschema@.ranking_state IS
 	'per counter: up to when tally rows are folded into the ranking''s settled sums, and when it was last rebuilt';
@@ -535,11 +536,11 @@ $$;
 
 -- Refresh the ranking of one counter as of t: fold rows in [lo, hi) into
 -- the settled sums; recompute total and decayed log of keys with rows from
--- lo on (settled plus rows from hi on); recompute the trend of keys with
--- rows in the longest trend span, and zero it for keys that left it.  Only
--- recent rows and the trend spans are read, never the whole history, except
--- for a rebuild (first time, full, or after a gap of more than 50 minutes,
--- when minutes may have become hours).
+-- lo on (settled plus rows from hi on); recompute the trend of keys with new
+-- rows or with rows a span's start has passed since the last refresh.  Only
+-- those rows are read, never the whole history, except for a rebuild (first
+-- time, full, or after a gap of more than 50 minutes, when minutes may have
+-- become hours).
 CREATE FUNCTION @extschema@.refresh_ranking_one(d @extschema@.definition, t timestamptz, full_rebuild boolean)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -607,30 +608,46 @@ BEGIN
 	GET DIAGNOSTICS c = ROW_COUNT;
 	n := n + c;
 
-	-- 3. trend
+	-- 3. trend, of the keys whose trend may have changed since the last
+	-- refresh: keys with new rows (from the last horizon on), and keys with
+	-- a row whose bucket a span's start has passed meanwhile
 	UPDATE @extschema@.ranking r SET trend = coalesce(w.trend, 0), refreshed_at = t
 	FROM (
+		WITH k AS (
+			SELECT r0.key FROM @extschema@.ranking r0
+			WHERE full_rebuild AND r0.counter_id = d.id
+			UNION
+			SELECT tl.key FROM @extschema@.tally tl
+			WHERE NOT full_rebuild AND tl.counter_id = d.id
+			  AND tl.bucket >= lo - interval '3 minutes'
+			  AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)
+			UNION
+			SELECT tl.key FROM unnest(d.trend_spans) AS sp(span)
+			JOIN @extschema@.tally tl ON tl.counter_id = d.id
+			  AND tl.bucket >= st.refreshed_at - sp.span AND tl.bucket < t - sp.span
+			WHERE NOT full_rebuild
+			  AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1 OR tl.slot = -2 OR tl.slot = -3)
+		)
 		SELECT k.key, x.trend
-		FROM @extschema@.ranking k
-		LEFT JOIN (
+		FROM k LEFT JOIN (
 			SELECT tl.key, sum(tl.value * (
 				SELECT coalesce(sum(ws.weight::numeric), 0)
 				FROM unnest(d.trend_spans, d.trend_weights) AS ws(span, weight)
 				WHERE tl.bucket >= t - ws.span AND tl.bucket < t))::float8 AS trend
-			FROM @extschema@.tally tl
+			FROM @extschema@.tally tl JOIN k k2 ON k2.key = tl.key
 			WHERE tl.counter_id = d.id AND tl.bucket >= t - span_max AND tl.bucket < t
 			GROUP BY tl.key
 		) x ON x.key = k.key
-		WHERE k.counter_id = d.id AND (x.key IS NOT NULL OR k.trend <> 0)
 	) w
 	WHERE r.counter_id = d.id AND r.key = w.key AND r.trend IS DISTINCT FROM coalesce(w.trend, 0);
 	GET DIAGNOSTICS c = ROW_COUNT;
 	n := n + c;
 
-	INSERT INTO @extschema@.ranking_state AS s (counter_id, settled_until, full_at)
-	VALUES (d.id, greatest(hi, lo), CASE WHEN full_rebuild THEN t ELSE '-infinity' END)
+	INSERT INTO @extschema@.ranking_state AS s (counter_id, settled_until, full_at, refreshed_at)
+	VALUES (d.id, greatest(hi, lo), CASE WHEN full_rebuild THEN t ELSE '-infinity' END, t)
 	ON CONFLICT (counter_id) DO UPDATE SET settled_until = excluded.settled_until,
-		full_at = CASE WHEN full_rebuild THEN t ELSE s.full_at END;
+		full_at = CASE WHEN full_rebuild THEN t ELSE s.full_at END,
+		refreshed_at = excluded.refreshed_at;
 	RETURN n;
 END $$;
 

@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(counter_flush);
 PG_FUNCTION_INFO_V1(counter_compact);
 
 static volatile sig_atomic_t shutdown_requested = false;
+static volatile sig_atomic_t in_long_pass = false;
 
 /* Amounts a fold has taken from the buffer, as arrays for one statement. */
 typedef struct FoldBatch
@@ -100,13 +101,22 @@ CounterWorkerInit(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* SIGTERM: finish the round, fold once more, exit. */
+/*
+ * SIGTERM: fold once more and exit.  A compaction or ranking pass in
+ * progress is cancelled (it is redone after the restart), so a shutdown
+ * never waits for one.
+ */
 static void
 CounterWorkerSigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
 	shutdown_requested = true;
+	if (in_long_pass)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -424,15 +434,30 @@ CounterGuardedPass(const char *what, void (*pass) (void))
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
+	if (shutdown_requested)
+		return;
+	in_long_pass = true;
 	PG_TRY();
 	{
 		pass();
 	}
 	PG_CATCH();
 	{
-		CounterReportFailure(what, cxt);
+		in_long_pass = false;
+		QueryCancelPending = false;
+		if (shutdown_requested)
+		{
+			/* cancelled for shutdown: not an error worth counting */
+			MemoryContextSwitchTo(cxt);
+			FlushErrorState();
+			AbortCurrentTransaction();
+		}
+		else
+			CounterReportFailure(what, cxt);
 	}
 	PG_END_TRY();
+	in_long_pass = false;
+	QueryCancelPending = false;	/* a SIGTERM that came as the pass ended */
 }
 
 /* Whether this server can run transactions that write (not a standby). */
