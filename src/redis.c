@@ -37,7 +37,7 @@ PG_FUNCTION_INFO_V1(counter_redis_incr_script);
 
 char	   *counter_redis_url = NULL;
 int			counter_redis_poll_interval = 1000;
-int			counter_redis_batch_size = 10000;
+int			counter_redis_batch_size = 50000;
 char	   *counter_redis_stream = NULL;
 char	   *counter_redis_stream_group = NULL;
 int			counter_redis_command_timeout = 2000;
@@ -97,7 +97,7 @@ CounterRedisGucInit(void)
 							"Redis keys or stream entries claimed per batch.",
 							"Each batch is applied in one Postgres transaction.",
 							&counter_redis_batch_size,
-							10000, 1, 1000000,
+							50000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("counter.redis_stream",
 							   "Redis stream of increment events the worker reads; empty for none.",

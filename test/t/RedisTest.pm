@@ -5,6 +5,7 @@ package RedisTest;
 use strict;
 use warnings;
 
+use IO::Socket::INET;
 use Exporter 'import';
 use File::Path qw(make_path);
 use PostgreSQL::Test::Cluster;
@@ -15,25 +16,43 @@ use Time::HiRes qw(usleep);
 our @EXPORT = qw(redis_start redis_stop redis_restart rcli redis_node
   redis_wait_empty worker_pid);
 
+# Whether nothing listens on 127.0.0.1:$port.
+sub port_free
+{
+	my ($port) = @_;
+	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+		Proto => 'tcp', Timeout => 1);
+	return 0 if $sock;
+	return 1;
+}
+
 # Start a redis-server on a free 127.0.0.1 port; %opt: aof => 1 for
-# appendfsync always, cluster => 1, port => N.  Returns a handle.
+# appendfsync always, cluster => 1 (which also needs port + 10000 for the
+# cluster bus), port => N.  A port that turns out to be taken is replaced
+# by another, up to five times.  Returns a handle.
 sub redis_start
 {
 	my (%opt) = @_;
-	my $port = $opt{port} // PostgreSQL::Test::Cluster::get_free_port();
-	my $dir = $opt{dir} // PostgreSQL::Test::Utils::tempdir("redis$port");
-	make_path($dir);
-	my @args = ('--port', $port, '--bind', '127.0.0.1', '--save', '',
-		'--dir', $dir, '--logfile', "$dir/redis.log",
-		'--pidfile', "$dir/redis.pid", '--daemonize', 'yes');
-	push @args, ('--appendonly', 'yes', '--appendfsync', 'always') if $opt{aof};
-	push @args, ('--appendonly', 'no') unless $opt{aof};
-	push @args, ('--cluster-enabled', 'yes', '--cluster-config-file', "$dir/nodes.conf")
-	  if $opt{cluster};
-	my $r = { port => $port, dir => $dir, args => \@args };
-	bless $r, 'RedisTest::Server';
-	redis_restart($r, 1);
-	return $r;
+	for my $try (1 .. 5)
+	{
+		my $port = $opt{port} // PostgreSQL::Test::Cluster::get_free_port();
+		next if $opt{cluster} && !port_free($port + 10000);
+		my $dir = $opt{dir} // PostgreSQL::Test::Utils::tempdir("redis$port");
+		make_path($dir);
+		my @args = ('--port', $port, '--bind', '127.0.0.1', '--save', '',
+			'--dir', $dir, '--logfile', "$dir/redis.log",
+			'--pidfile', "$dir/redis.pid", '--daemonize', 'yes');
+		push @args, ('--appendonly', 'yes', '--appendfsync', 'always') if $opt{aof};
+		push @args, ('--appendonly', 'no') unless $opt{aof};
+		push @args, ('--cluster-enabled', 'yes', '--cluster-config-file', "$dir/nodes.conf")
+		  if $opt{cluster};
+		my $r = { port => $port, dir => $dir, args => \@args };
+		bless $r, 'RedisTest::Server';
+		return $r if eval { redis_restart($r, 1); 1 };
+		diag("redis-server on port $port did not start: $@");
+		die $@ if defined $opt{port};
+	}
+	die "could not start a redis-server after five ports";
 }
 
 # (Re)start a server with its original arguments and wait for PONG.
