@@ -176,7 +176,9 @@ counter_port_busy() {
 counter_free_port() {
 	local port
 	for _ in {1..200}; do
-		port=$((20000 + RANDOM % 40001))
+		# below Linux's ephemeral range (32768-60999), where outgoing
+		# connections hold local ports that no listener check can see
+		port=$((20000 + RANDOM % 12000))
 		if ! counter_port_busy "$port"; then
 			echo "$port"
 			return 0
@@ -195,7 +197,7 @@ counter_pg_running() {
 # is one more postgresql.conf line.  Exports PGHOST, PGPORT, PGUSER and
 # PGDATABASE so that psql, pgbench and pg_regress reach it.
 counter_pg_start() {
-	local pgdata port line
+	local pgdata port line try
 
 	counter_workdir
 	pgdata=$COUNTER_WORK/pgdata
@@ -214,7 +216,6 @@ counter_pg_start() {
 	{
 		echo
 		echo "# Added by counter's test/lib.sh"
-		echo "port = $port"
 		echo "unix_socket_directories = '$COUNTER_WORK'"
 		echo "listen_addresses = '127.0.0.1'"
 		echo "max_connections = 200"
@@ -224,12 +225,18 @@ counter_pg_start() {
 		done
 	} >>"$pgdata/postgresql.conf"
 
-	counter_say "starting PostgreSQL on port $port (data in $pgdata)"
-	if ! counter_as_pg pg_ctl start -D "$pgdata" -w -t 60 \
-		-l "$COUNTER_WORK/pg.log" >/dev/null; then
+	# A port can be taken between the check and the bind: try another (the
+	# last "port =" line in postgresql.conf wins).
+	for try in 1 2 3; do
+		echo "port = $port" >>"$pgdata/postgresql.conf"
+		counter_say "starting PostgreSQL on port $port (data in $pgdata)"
+		counter_as_pg pg_ctl start -D "$pgdata" -w -t 60 \
+			-l "$COUNTER_WORK/pg.log" >/dev/null && break
 		tail -n 30 "$COUNTER_WORK/pg.log" >&2 || true
-		counter_die "PostgreSQL did not start (log: $COUNTER_WORK/pg.log)"
-	fi
+		((try < 3)) && grep -q 'could not bind\|could not create any TCP/IP sockets' "$COUNTER_WORK/pg.log" ||
+			counter_die "PostgreSQL did not start (log: $COUNTER_WORK/pg.log)"
+		port=$(counter_free_port)
+	done
 	export PGHOST=$COUNTER_WORK PGPORT=$port PGUSER=postgres PGDATABASE=postgres
 }
 
@@ -261,27 +268,31 @@ counter_redis_pid() {
 # Start a private redis-server on a free loopback port, with no persistence,
 # as the pg user; exports REDIS_PORT.
 counter_redis_start() {
-	local dir port
+	local dir port try
 
 	counter_workdir
 	dir=$COUNTER_WORK/redis
 	counter_redis_pid >/dev/null && counter_die "the private redis-server is already running"
 	counter_as_pg mkdir -p "$dir"
-	port=$(counter_free_port)
-	counter_as_pg redis-server --port "$port" --bind 127.0.0.1 --save '' \
-		--appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
-		--dir "$dir" --logfile "$dir/redis.log" ||
-		counter_die "redis-server did not start"
-	for _ in {1..100}; do
-		if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
-			export REDIS_PORT=$port
-			counter_say "started redis-server on port $port"
-			return 0
+	# a port can be taken between the check and the bind: try another
+	for try in 1 2 3; do
+		port=$(counter_free_port)
+		if counter_as_pg redis-server --port "$port" --bind 127.0.0.1 --save '' \
+			--appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
+			--dir "$dir" --logfile "$dir/redis.log"; then
+			for _ in {1..50}; do
+				if [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]]; then
+					export REDIS_PORT=$port
+					counter_say "started redis-server on port $port"
+					return 0
+				fi
+				sleep 0.1
+			done
 		fi
-		sleep 0.1
+		tail -n 5 "$dir/redis.log" >&2 || true
+		counter_say "redis-server did not start on port $port (try $try of 3)"
 	done
-	tail -n 20 "$dir/redis.log" >&2 || true
-	counter_die "redis-server on port $port does not answer"
+	counter_die "redis-server did not start"
 }
 
 # Stop our private redis-server if it runs: politely, then by its pid.
