@@ -98,24 +98,37 @@ is($node->safe_psql('postgres',
 # Control: the naive loop (GETDEL, then a separate UPDATE), killed the same way.
 my $psql = join(' ', 'psql', '-X', '-q', '-h', $node->host, '-p', $node->port, 'postgres');
 my $script = $node->basedir . '/naive.sh';
+my $mark = $node->basedir . '/naive.taken';
+# Between GETDEL and the UPDATE the loop "does its work" for 200 ms and
+# leaves a mark, so a kill during that time is sure to lose what it took.
 PostgreSQL::Test::Utils::append_to_file($script, <<"EOS");
 while true; do
   for k in \$(redis-cli -p $port --scan --pattern 'naive:*'); do
     v=\$(redis-cli -p $port GETDEL "\$k")
-    [ -n "\$v" ] && $psql -c "SELECT counter.incr('ctl', 1, \$v)" >/dev/null
+    if [ -n "\$v" ]; then
+      touch $mark; sleep 0.2
+      $psql -c "SELECT counter.incr('ctl', 1, \$v)" >/dev/null
+      rm -f $mark
+    fi
   done
 done
 EOS
 my $NC = 30_000;
 my $bc = $bench->($NC, '-r', 10, 'INCR', 'naive:__rand_int__');
+my $losing_kills = 0;
 for my $i (1 .. 20)
 {
+	unlink $mark;
 	my $h = IPC::Run::start([ 'setsid', 'bash', $script ]);
-	usleep(int(100_000 + rand(400_000)));
+	# kill while it holds a value it took, if it gets one within 5 s
+	my $t0 = time;
+	usleep(20_000) until -e $mark || time - $t0 > 5;
+	$losing_kills++ if -e $mark;
 	my $pid = $h->{KIDS}[0]{PID};
 	kill 'KILL', -$pid;
 	eval { $h->finish };
 }
+cmp_ok($losing_kills, '>', 0, "kills landed between GETDEL and UPDATE ($losing_kills of 20)");
 $bc->finish;
 my $h = IPC::Run::start([ 'bash', $script ]);
 ok(redis_wait_empty([$r], 'naive:*'), 'the naive loop drained everything in the end');
