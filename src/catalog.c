@@ -55,6 +55,13 @@ static HTAB *by_name = NULL;
 static Oid	definition_relid = InvalidOid;
 static Oid	tables_owner = InvalidOid;
 
+/* The columns CounterDefFromTuple reads, in its order. */
+#define COUNTER_DEF_SELECT \
+	"SELECT id, name, mode, slots, key_type, owner::oid," \
+	" (extract(epoch FROM dedup_window) * 1000000)::int8, max_per_actor," \
+	" (extract(epoch FROM rate_window) * 1000000)::int8, max_delta" \
+	" FROM counter.definition"
+
 static SPIPlanPtr plan_by_id = NULL;
 static SPIPlanPtr plan_by_name = NULL;
 
@@ -367,12 +374,7 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 		Datum		values[1] = {Int32GetDatum(id)};
 
 		rc = SPI_execute_plan(CounterPlan(&plan_by_id,
-										  "SELECT id, name, mode, slots, key_type, owner::oid,"
-										  " (extract(epoch FROM dedup_window) * 1000000)::int8,"
-										  " max_per_actor,"
-										  " (extract(epoch FROM rate_window) * 1000000)::int8,"
-										  " max_delta"
-										  " FROM counter.definition WHERE id = $1",
+										  COUNTER_DEF_SELECT " WHERE id = $1",
 										  1, argtypes),
 							  values, NULL, false, 1);
 	}
@@ -382,12 +384,7 @@ CounterLoad(int32 id, const char *name, CounterDef *def)
 		Datum		values[1] = {CStringGetTextDatum(name)};
 
 		rc = SPI_execute_plan(CounterPlan(&plan_by_name,
-										  "SELECT id, name, mode, slots, key_type, owner::oid,"
-										  " (extract(epoch FROM dedup_window) * 1000000)::int8,"
-										  " max_per_actor,"
-										  " (extract(epoch FROM rate_window) * 1000000)::int8,"
-										  " max_delta"
-										  " FROM counter.definition WHERE name = $1",
+										  COUNTER_DEF_SELECT " WHERE name = $1",
 										  1, argtypes),
 							  values, NULL, false, 1);
 	}
