@@ -49,8 +49,13 @@ typedef struct LocalStat
 
 static HTAB *local_recs = NULL;
 static HTAB *local_stats = NULL;
-static long nrecs = 0;
-static long nstats = 0;
+
+/* Entries in a backend-local table (none before first use). */
+static inline long
+CounterLocalCount(HTAB *table)
+{
+	return table ? hash_get_num_entries(table) : 0;
+}
 
 /* Create the backend-local tables on first use. */
 static void
@@ -87,10 +92,7 @@ CounterCountStat(int32 counter_id, CounterStat stat, int64 n)
 	k.level = GetCurrentTransactionNestLevel();
 	s = hash_search(local_stats, &k, HASH_ENTER, &found);
 	if (!found)
-	{
 		memset(s->n, 0, sizeof(s->n));
-		nstats++;
-	}
 	s->n[stat] += n;
 }
 
@@ -139,7 +141,6 @@ CounterBufferedIncr(const CounterDef *def, int64 key, int64 delta,
 	rec->delta = 0;
 	rec->entry = entry;
 	rec->slotno = slotno;
-	nrecs++;
 
 	/* a new entry learns from the tables whether its key is big */
 	if (is_new && CounterKeyIsBig(def, key))
@@ -148,7 +149,6 @@ CounterBufferedIncr(const CounterDef *def, int64 key, int64 delta,
 	{
 		CounterBufRelease(entry, slotno, 0);
 		hash_search(local_recs, &k, HASH_REMOVE, NULL);
-		nrecs--;
 		return false;
 	}
 	rec->delta = delta;
@@ -166,7 +166,7 @@ CounterLocalPending(int32 counter_id, int64 key, TimestampTz from, TimestampTz t
 	LocalRec   *rec;
 	int64		sum = 0;
 
-	if (nrecs == 0)
+	if (CounterLocalCount(local_recs) == 0)
 		return 0;
 	hash_seq_init(&status, local_recs);
 	while ((rec = hash_seq_search(&status)) != NULL)
@@ -180,7 +180,7 @@ CounterLocalPending(int32 counter_id, int64 key, TimestampTz from, TimestampTz t
 bool
 CounterLocalWrites(void)
 {
-	return nrecs > 0 || TransactionIdIsValid(GetTopTransactionIdIfAny());
+	return CounterLocalCount(local_recs) > 0 || TransactionIdIsValid(GetTopTransactionIdIfAny());
 }
 
 /* Publish (commit) or drop (abort) every pending record and statistic. */
@@ -189,7 +189,7 @@ CounterLocalSettle(bool commit)
 {
 	HASH_SEQ_STATUS status;
 
-	if (nrecs > 0)
+	if (CounterLocalCount(local_recs) > 0)
 	{
 		LocalRec   *rec;
 
@@ -199,9 +199,8 @@ CounterLocalSettle(bool commit)
 			CounterBufRelease(rec->entry, rec->slotno, commit ? rec->delta : 0);
 			hash_search(local_recs, &rec->k, HASH_REMOVE, NULL);
 		}
-		nrecs = 0;
 	}
-	if (nstats > 0)
+	if (CounterLocalCount(local_stats) > 0)
 	{
 		LocalStat  *st;
 
@@ -219,7 +218,6 @@ CounterLocalSettle(bool commit)
 			}
 			hash_search(local_stats, &st->k, HASH_REMOVE, NULL);
 		}
-		nstats = 0;
 	}
 }
 
@@ -236,7 +234,7 @@ CounterLocalSubEnd(int level, bool commit)
 	List	   *moved = NIL;
 	ListCell   *lc;
 
-	if (nrecs > 0)
+	if (CounterLocalCount(local_recs) > 0)
 	{
 		hash_seq_init(&status, local_recs);
 		while ((rec = hash_seq_search(&status)) != NULL)
@@ -253,7 +251,6 @@ CounterLocalSubEnd(int level, bool commit)
 			else
 				CounterBufRelease(rec->entry, rec->slotno, 0);
 			hash_search(local_recs, &rec->k, HASH_REMOVE, NULL);
-			nrecs--;
 		}
 		foreach(lc, moved)
 		{
@@ -269,15 +266,12 @@ CounterLocalSubEnd(int level, bool commit)
 				CounterBufRelease(copy->entry, copy->slotno, 0);
 			}
 			else
-			{
 				*rec = *copy;
-				nrecs++;
-			}
 		}
 		list_free_deep(moved);
 		moved = NIL;
 	}
-	if (nstats > 0)
+	if (CounterLocalCount(local_stats) > 0)
 	{
 		hash_seq_init(&status, local_stats);
 		while ((st = hash_seq_search(&status)) != NULL)
@@ -292,7 +286,6 @@ CounterLocalSubEnd(int level, bool commit)
 				moved = lappend(moved, copy);
 			}
 			hash_search(local_stats, &st->k, HASH_REMOVE, NULL);
-			nstats--;
 		}
 		foreach(lc, moved)
 		{
@@ -303,10 +296,7 @@ CounterLocalSubEnd(int level, bool commit)
 			copy->k.level = level - 1;
 			st = hash_search(local_stats, &copy->k, HASH_ENTER, &found);
 			if (!found)
-			{
 				memset(st->n, 0, sizeof(st->n));
-				nstats++;
-			}
 			for (i = 0; i < COUNTER_STAT_COUNT; i++)
 				st->n[i] += copy->n[i];
 		}
@@ -321,7 +311,7 @@ CounterXactCallback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
-			if (nrecs > 0)
+			if (CounterLocalCount(local_recs) > 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot prepare a transaction that incremented a buffered counter"),
@@ -346,7 +336,7 @@ static void
 CounterSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
-	if (nrecs == 0 && nstats == 0)
+	if (CounterLocalCount(local_recs) == 0 && CounterLocalCount(local_stats) == 0)
 		return;
 	if (event == SUBXACT_EVENT_COMMIT_SUB)
 		CounterLocalSubEnd(GetCurrentTransactionNestLevel(), true);

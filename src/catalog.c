@@ -733,6 +733,10 @@ counter_drop(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1];
+	static const char *const per_counter[] = {
+		"tally", "text_key", "event_seen", "actor_rate", "ranking", "ranking_state"
+	};
+	int			i;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -744,16 +748,10 @@ counter_drop(PG_FUNCTION_ARGS)
 	CounterEnter(&scope);
 	CounterExec("DELETE FROM counter.definition WHERE id = $1",
 				1, argtypes, values, NULL);
-	CounterExec("DELETE FROM counter.tally WHERE counter_id = $1",
-				1, argtypes, values, NULL);
-	CounterExec("DELETE FROM counter.text_key WHERE counter_id = $1",
-				1, argtypes, values, NULL);
-	CounterExec("DELETE FROM counter.event_seen WHERE counter_id = $1",
-				1, argtypes, values, NULL);
-	CounterExec("DELETE FROM counter.actor_rate WHERE counter_id = $1",
-				1, argtypes, values, NULL);
-	CounterExec("DELETE FROM counter.ranking WHERE counter_id = $1",
-				1, argtypes, values, NULL);
+	for (i = 0; i < lengthof(per_counter); i++)
+		CounterExec(psprintf("DELETE FROM counter.%s WHERE counter_id = $1",
+							 per_counter[i]),
+					1, argtypes, values, NULL);
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();

@@ -32,6 +32,11 @@ PG_FUNCTION_INFO_V1(counter_incr);
 PG_FUNCTION_INFO_V1(counter_incr_many);
 PG_FUNCTION_INFO_V1(counter_key_id);
 
+/* SQL: whether key $2 of counter $1 has its big-key marker row. */
+#define COUNTER_MARKER_EXISTS \
+	"EXISTS (SELECT FROM counter.tally m WHERE m.counter_id = $1 AND m.key = $2" \
+	" AND m.bucket = '-infinity' AND m.slot = 0)"
+
 static SPIPlanPtr plan_update = NULL;
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_total = NULL;
@@ -184,9 +189,7 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 														  "UPDATE counter.tally SET value = value + $5"
 														  " WHERE counter_id = $1 AND key = $2"
 														  " AND bucket = $3 AND slot = $4"
-														  " RETURNING value, EXISTS (SELECT FROM counter.tally m"
-														  "  WHERE m.counter_id = $1 AND m.key = $2"
-														  "  AND m.bucket = '-infinity' AND m.slot = 0)",
+														  " RETURNING value, " COUNTER_MARKER_EXISTS,
 														  5, argtypes),
 							values);
 	if (rc != SPI_OK_UPDATE_RETURNING)
@@ -199,9 +202,7 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 															  " VALUES ($1, $2, $3, $4, $5)"
 															  " ON CONFLICT (counter_id, key, bucket, slot)"
 															  " DO UPDATE SET value = t.value + excluded.value"
-															  " RETURNING t.value, EXISTS (SELECT FROM counter.tally m"
-															  "  WHERE m.counter_id = $1 AND m.key = $2"
-															  "  AND m.bucket = '-infinity' AND m.slot = 0)",
+															  " RETURNING t.value, " COUNTER_MARKER_EXISTS,
 															  5, argtypes),
 								values);
 		if (rc != SPI_OK_INSERT_RETURNING)
@@ -444,17 +445,17 @@ CounterKeyIsBig(const CounterDef *def, int64 key)
 	Datum		values[2] = {Int32GetDatum(def->id), Int64GetDatum(key)};
 	int			rc;
 	bool		big;
+	bool		isnull;
 
 	CounterEnter(&scope);
 	rc = SPI_execute_plan(CounterPlan(&plan_is_big,
-									  "SELECT FROM counter.tally"
-									  " WHERE counter_id = $1 AND key = $2"
-									  " AND bucket = '-infinity' AND slot = 0",
+									  "SELECT " COUNTER_MARKER_EXISTS,
 									  2, argtypes),
 						  values, NULL, true, 1);
-	if (rc != SPI_OK_SELECT)
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "counter marker probe failed: %s", SPI_result_code_string(rc));
-	big = SPI_processed > 0;
+	big = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
 	CounterLeave(&scope);
 	return big;
 }
