@@ -336,12 +336,17 @@ CounterRedisDone(const char *batch_id)
 	done_ids[ndone++] = MemoryContextStrdup(TopMemoryContext, batch_id);
 }
 
-/* Delete in-flight hashes (one command each: they may be in many slots). */
+/*
+ * Delete in-flight hashes (one command each: they may be in many slots).
+ * False if any DEL failed: then the batch id must stay recorded, so that
+ * recovery discards the surviving hash instead of applying it again.
+ */
 static bool
 CounterRedisForget(CounterRedisTarget *t, char **names, int n)
 {
 	int			i;
 	int			chunk = 1000;
+	bool		ok = true;
 
 	for (i = 0; i < n; i += chunk)
 	{
@@ -363,9 +368,14 @@ CounterRedisForget(CounterRedisTarget *t, char **names, int n)
 		if (!CounterRedisPipeline(t, k, argcs, argvs, lens, replies))
 			return false;
 		for (j = 0; j < k; j++)
-			freeReplyObject(replies[j]);
+		{
+			if (replies[j] == NULL || replies[j]->type == REDIS_REPLY_ERROR)
+				ok = false;
+			if (replies[j])
+				freeReplyObject(replies[j]);
+		}
 	}
-	return true;
+	return ok;
 }
 
 /* Timestamp of Unix milliseconds. */
@@ -669,6 +679,7 @@ bool
 CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 					int ncounters)
 {
+	char	  **group;
 	char		cursor[32] = "0";
 	char	  **names = NULL;
 	int			nnames = 0;
@@ -710,10 +721,10 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	} while (strcmp(cursor, "0") != 0);
 
 	/* one batch at a time: all hashes with the same id */
+	group = palloc(sizeof(char *) * Max(nnames, 1));
 	for (i = 0; i < nnames; i++)
 	{
 		const char *id = strrchr(names[i], ':') + 1;
-		char	  **group = palloc(sizeof(char *) * nnames);
 		int			ng = 0;
 		CounterRedisItem *items;
 		int			nitems = 0;
