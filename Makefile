@@ -3,7 +3,9 @@ MODULE_big = counter
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 
 EXTENSION = counter
-DATA = counter--0.1.sql
+# The install script of 0.1 and the upgrade chain from it: CREATE EXTENSION
+# runs 0.1 and every upgrade script in turn, so every install tests the chain.
+DATA = counter--0.1.sql $(sort $(wildcard counter--*--*.sql))
 PGFILEDESC = "counter - hot counters for PostgreSQL"
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
@@ -15,6 +17,8 @@ ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
 ISOLATION_OPTS = --use-existing
 
 PG_CPPFLAGS = -I$(srcdir)/src
+# Locals changed inside PG_TRY and read after a longjmp must be volatile.
+PG_CFLAGS = -Wclobbered
 SHLIB_LINK = -lhiredis
 
 PG_CONFIG ?= pg_config

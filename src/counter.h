@@ -100,6 +100,7 @@ typedef struct CounterBufEntry
 	pg_atomic_uint32 changecount;	/* odd while a writer changes the entry */
 	bool		big;
 	TransactionId fold_xid;
+	TimestampTz fold_at;		/* when fold_xid took its amounts */
 	CounterBufSlot slots[COUNTER_BUF_SLOTS];
 	TimestampTz cached_at;
 	int64		cached_value;
@@ -210,7 +211,9 @@ extern bool CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us,
 							int64 *value);
 extern void CounterCachePut(int32 counter_id, int64 key, int64 value,
 							TimestampTz at);
-extern int	CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg);
+extern int	CounterBufDrain(TransactionId xid, TransactionId horizon,
+							TimestampTz settle_before,
+							CounterDrainCallback emit, void *arg);
 extern void CounterBufUndrain(TransactionId xid);
 extern int	CounterBufEvict(int64 keep_cache_us);
 extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);

@@ -19,7 +19,11 @@
  *	 refs		open transactions that will add to this slot at commit.
  * A reader adds inflight only while fold_xid is not visible to its snapshot,
  * so a read is exact before, during and after a fold.  The worker clears
- * inflight only once fold_xid is older than every snapshot in the cluster.
+ * inflight once fold_xid is visible to every snapshot of the database, or
+ * once the fold is older than the settle limit the caller gives: a
+ * snapshot held open longer than that (a long repeatable-read transaction)
+ * may then miss one fold's amount of a key, but no snapshot can hold
+ * buffered increments back from the tables.
  * An entry is evicted only when no slot has pending, inflight or refs.
  *
  * Statistics live in a second, small shared hash keyed by counter id and
@@ -302,6 +306,7 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 	pg_atomic_init_u32(&entry->changecount, 0);
 	entry->big = false;
 	entry->fold_xid = InvalidTransactionId;
+	entry->fold_at = 0;
 	memset(entry->slots, 0, sizeof(entry->slots));
 	entry->cached_at = 0;
 	entry->cached_value = 0;
@@ -513,64 +518,94 @@ CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
 }
 
 /*
+ * The state of the fold that last took amounts from an entry, judged from
+ * its xid outside any spinlock (clog and procarray lookups take locks).
+ */
+typedef enum CounterFoldState
+{
+	COUNTER_FOLD_NONE,			/* nothing in flight */
+	COUNTER_FOLD_SETTLED,		/* committed and visible to every snapshot */
+	COUNTER_FOLD_BUSY,			/* running, or committed but not yet seen by all */
+	COUNTER_FOLD_ABORTED		/* failed: its amounts go back to pending */
+} CounterFoldState;
+
+static CounterFoldState
+CounterFoldStateOf(const CounterBufEntry *entry, TransactionId horizon,
+				   TimestampTz settle_before)
+{
+	TransactionId xid = entry->fold_xid;
+
+	if (!TransactionIdIsValid(xid))
+		return COUNTER_FOLD_NONE;
+	if (TransactionIdIsInProgress(xid))
+		return COUNTER_FOLD_BUSY;
+	if (!TransactionIdDidCommit(xid))
+		return COUNTER_FOLD_ABORTED;
+	if (TransactionIdPrecedes(xid, horizon) || entry->fold_at < settle_before)
+		return COUNTER_FOLD_SETTLED;
+	return COUNTER_FOLD_BUSY;
+}
+
+/*
  * Worker side of a fold, step 1: move every slot's pending into inflight,
  * tagged with xid, and hand the amounts to emit().  Entries whose previous
  * fold is still visible to someone are skipped this round (their pending
- * stays, and stays readable).  Returns the number of amounts handed over.
+ * stays, and stays readable); amounts of a previous fold that aborted are
+ * given back first, so no entry stays busy after a failure, whoever missed
+ * the give-back.  horizon is the oldest xid still visible to a snapshot of
+ * this database; a fold that committed before settle_before is settled
+ * even if some older snapshot could still miss it (see the file header).
+ * emit() runs with no spinlock held.  Only the database's ingest process
+ * writes fold_xid and fold_at, so it may read them without the spinlock.
+ * Returns the number of amounts handed over.
  */
 int
-CounterBufDrain(TransactionId xid, CounterDrainCallback emit, void *arg)
+CounterBufDrain(TransactionId xid, TransactionId horizon,
+				TimestampTz settle_before, CounterDrainCallback emit, void *arg)
 {
-	TransactionId horizon = GetOldestNonRemovableTransactionId(NULL);
+	TimestampTz now = GetCurrentTimestamp();
+	HASH_SEQ_STATUS status;
+	CounterBufEntry *entry;
 	int			n = 0;
 
+	CounterLockAll(LW_SHARED);
+	hash_seq_init(&status, buffer_hash);
+	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		HASH_SEQ_STATUS status;
-		CounterBufEntry *entry;
+		CounterFoldState prev;
+		TimestampTz buckets[COUNTER_BUF_SLOTS];
+		int64		amounts[COUNTER_BUF_SLOTS];
+		int			ntaken = 0;
+		int			i;
 
-		CounterLockAll(LW_SHARED);
-		hash_seq_init(&status, buffer_hash);
-		while ((entry = hash_seq_search(&status)) != NULL)
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
+		prev = CounterFoldStateOf(entry, horizon, settle_before);
+		if (prev == COUNTER_FOLD_BUSY)
+			continue;
+		CounterEntryLock(entry);
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
 		{
-			bool		busy = false;
-			int			i;
+			CounterBufSlot *s = &entry->slots[i];
 
-			if (entry->key.dbid != MyDatabaseId)
+			if (prev == COUNTER_FOLD_ABORTED)
+				s->pending += s->inflight;
+			s->inflight = 0;
+			if (s->pending == 0)
 				continue;
-			CounterEntryLock(entry);
-			/* settle the previous fold if nobody can still miss it */
-			if (TransactionIdIsValid(entry->fold_xid))
-			{
-				if (TransactionIdDidCommit(entry->fold_xid) &&
-					TransactionIdPrecedes(entry->fold_xid, horizon))
-				{
-					for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-						entry->slots[i].inflight = 0;
-					entry->fold_xid = InvalidTransactionId;
-				}
-				else
-					busy = true;
-			}
-			if (!busy)
-			{
-				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-				{
-					CounterBufSlot *s = &entry->slots[i];
-
-					if (s->pending == 0)
-						continue;
-					s->inflight = s->pending;
-					s->pending = 0;
-					entry->fold_xid = xid;
-					emit(arg, entry->key.counter_id, entry->key.key, s->bucket,
-						 s->inflight);
-					n++;
-				}
-			}
-			CounterEntryUnlock(entry);
+			s->inflight = s->pending;
+			s->pending = 0;
+			buckets[ntaken] = s->bucket;
+			amounts[ntaken++] = s->inflight;
 		}
-		CounterUnlockAll();
+		entry->fold_xid = ntaken > 0 ? xid : InvalidTransactionId;
+		entry->fold_at = now;
+		CounterEntryUnlock(entry);
+		for (i = 0; i < ntaken; i++)
+			emit(arg, entry->key.counter_id, entry->key.key, buckets[i], amounts[i]);
+		n += ntaken;
 	}
+	CounterUnlockAll();
 	return n;
 }
 

@@ -15,7 +15,9 @@
  */
 #include "counter.h"
 
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -28,7 +30,9 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 
@@ -194,26 +198,130 @@ CounterInstalledHere(void)
 }
 
 /*
+ * The oldest xid a snapshot of this database may still not see: the data
+ * horizon of counter.tally, which long transactions of other databases do
+ * not hold back (in a transaction).
+ */
+static TransactionId
+CounterFoldHorizon(void)
+{
+	Oid			nsp = get_namespace_oid(COUNTER_SCHEMA, false);
+	Relation	rel = table_open(get_relname_relid("tally", nsp), AccessShareLock);
+	TransactionId horizon = GetOldestNonRemovableTransactionId(rel);
+
+	table_close(rel, AccessShareLock);
+	return horizon;
+}
+
+/*
+ * Record a buffered amount that cannot be applied in counter.quarantine and
+ * log it (inside the scope, in the fold's transaction).  Committing the
+ * fold then takes it out of the buffer: it is kept, not counted.
+ */
+static void
+CounterFoldQuarantine(int32 counter_id, int64 key, TimestampTz bucket,
+					  int64 delta, const char *reason)
+{
+	Oid			argtypes[5] = {INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, TEXTOID};
+	Datum		values[5];
+	int			rc;
+
+	values[0] = Int32GetDatum(counter_id);
+	values[1] = Int64GetDatum(key);
+	values[2] = TimestampTzGetDatum(bucket);
+	values[3] = Int64GetDatum(delta);
+	values[4] = CStringGetTextDatum(reason);
+	rc = SPI_execute_with_args("INSERT INTO counter.quarantine"
+							   " (source, origin, item, value, counter_id, key, bucket, delta, reason)"
+							   " VALUES ('buffer', pg_catalog.current_database(),"
+							   "  $2::pg_catalog.text, $4::pg_catalog.text, $1, $2, $3, $4, $5)",
+							   5, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "recording a quarantined buffered amount failed: %s",
+			 SPI_result_code_string(rc));
+	ereport(WARNING,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("counter worker: quarantined a buffered amount of " INT64_FORMAT " for key " INT64_FORMAT " of counter %d: %s",
+					delta, key, counter_id, reason),
+			 errdetail("The increments were committed but cannot be added to the tally; see counter.quarantine.")));
+}
+
+/*
+ * Fold one batch amount by amount, each in its own subtransaction: an amount
+ * that fails with a data exception (class 22: a key whose total would leave
+ * bigint) is recorded in counter.quarantine and logged instead of applied,
+ * so one bad amount never holds back the others.  Any other error (a lock
+ * timeout, a cancel) still fails the whole fold, which is then retried.
+ * Runs inside the scope, after a batch fold failed.
+ */
+static void
+CounterFoldCareful(FoldBatch *b)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int			i;
+
+	for (i = 0; i < b->n; i++)
+	{
+		BeginInternalSubTransaction(NULL);
+		PG_TRY();
+		{
+			CounterApplyBatch(NULL, 1, &b->ids[i], &b->keys[i], &b->buckets[i],
+							  &b->deltas[i], COUNTER_SLOT_FOLD);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+				ReThrowError(edata);
+			CounterFoldQuarantine(DatumGetInt32(b->ids[i]),
+								  DatumGetInt64(b->keys[i]),
+								  DatumGetTimestampTz(b->buckets[i]),
+								  DatumGetInt64(b->deltas[i]), edata->message);
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+	}
+}
+
+/*
  * One fold: move the buffer's pending deltas into the tables in one
- * transaction.  On failure the deltas go back to the buffer.  Returns the
- * number of amounts folded (-1 on failure).
+ * transaction.  On failure the deltas go back to the buffer and the next
+ * fold goes amount by amount (CounterFoldCareful).  Returns the number of
+ * amounts folded (-1 on failure).
+ *
+ * Locals set inside PG_TRY and read in PG_CATCH are volatile: without that
+ * the compiler may keep them in registers that longjmp restores, and the
+ * give-back of a failed fold would be skipped.
  */
 static int
 CounterFold(void)
 {
+	static bool careful = false;
 	MemoryContext cxt = CurrentMemoryContext;
-	TransactionId xid = InvalidTransactionId;
-	FoldBatch	batch = {0};
+	volatile TransactionId xid = InvalidTransactionId;
+	FoldBatch  *batch;
 	TimestampTz start = GetCurrentTimestamp();
 	volatile int result = 0;
 
 	if (pg_atomic_read_u32(&counter_shared->nentries) == 0)
 		return 0;
-	batch.cap = 1024;
-	batch.ids = palloc(sizeof(Datum) * batch.cap);
-	batch.keys = palloc(sizeof(Datum) * batch.cap);
-	batch.buckets = palloc(sizeof(Datum) * batch.cap);
-	batch.deltas = palloc(sizeof(Datum) * batch.cap);
+	batch = palloc0(sizeof(FoldBatch));
+	batch->cap = 1024;
+	batch->ids = palloc(sizeof(Datum) * batch->cap);
+	batch->keys = palloc(sizeof(Datum) * batch->cap);
+	batch->buckets = palloc(sizeof(Datum) * batch->cap);
+	batch->deltas = palloc(sizeof(Datum) * batch->cap);
 
 	PG_TRY();
 	{
@@ -227,24 +335,32 @@ CounterFold(void)
 			MemoryContext xcxt = MemoryContextSwitchTo(cxt);
 
 			xid = GetTopTransactionId();
-			result = CounterBufDrain(xid, CounterFoldCollect, &batch);
+			result = CounterBufDrain(xid, CounterFoldHorizon(),
+									 start - 2 * (int64) counter_flush_interval * 1000,
+									 CounterFoldCollect, batch);
 			MemoryContextSwitchTo(xcxt);
-			if (batch.n > 0)
+			if (batch->n > 0)
 			{
 				CounterEnter(&scope);
-				CounterApplyBatch(NULL, batch.n, batch.ids, batch.keys, batch.buckets,
-								  batch.deltas, COUNTER_SLOT_FOLD);
+				if (careful)
+					CounterFoldCareful(batch);
+				else
+					CounterApplyBatch(NULL, batch->n, batch->ids, batch->keys,
+									  batch->buckets, batch->deltas,
+									  COUNTER_SLOT_FOLD);
 				CounterLeave(&scope);
 			}
 		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		careful = false;
 	}
 	PG_CATCH();
 	{
 		CounterReportFailure("fold", cxt);
 		if (TransactionIdIsValid(xid))
 			CounterBufUndrain(xid);
+		careful = true;
 		result = -1;
 	}
 	PG_END_TRY();
@@ -254,9 +370,9 @@ CounterFold(void)
 		TimestampTz end = GetCurrentTimestamp();
 		int			i;
 
-		for (i = 0; i < batch.n; i++)
+		for (i = 0; i < batch->n; i++)
 		{
-			CounterStatsEntry *e = CounterStatsFor(DatumGetInt32(batch.ids[i]));
+			CounterStatsEntry *e = CounterStatsFor(DatumGetInt32(batch->ids[i]));
 
 			if (e)
 			{
@@ -268,13 +384,14 @@ CounterFold(void)
 		counter_shared->last_fold = end;
 		counter_shared->last_fold_ms = (end - start) / 1000.0;
 		counter_shared->folds++;
-		counter_shared->folded_deltas += batch.n;
+		counter_shared->folded_deltas += batch->n;
 		SpinLockRelease(&counter_shared->mutex);
 	}
-	pfree(batch.ids);
-	pfree(batch.keys);
-	pfree(batch.buckets);
-	pfree(batch.deltas);
+	pfree(batch->ids);
+	pfree(batch->keys);
+	pfree(batch->buckets);
+	pfree(batch->deltas);
+	pfree(batch);
 	return result;
 }
 
