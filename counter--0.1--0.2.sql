@@ -28,3 +28,123 @@ COMMENT ON TABLE @extschema@.quarantine IS
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.quarantine', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.quarantine_id_seq', '');
 REVOKE ALL ON @extschema@.quarantine FROM PUBLIC;
+
+-- Ranking without a temporary table ------------------------------------------
+-- 0.1 staged the settled rows in pg_temp.counter_settle.  The function runs
+-- as the extension's owner, and a caller could create that temporary table
+-- first, with a trigger of its own, which then ran as the owner.  The rows
+-- now stay in local arrays, which no caller can reach.
+
+CREATE OR REPLACE FUNCTION @extschema@.refresh_ranking_one(d @extschema@.definition, t timestamptz, full_rebuild boolean)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st @extschema@.ranking_state;
+	lo timestamptz;
+	hi timestamptz := date_trunc('minute', t, 'UTC') - interval '3 minutes';
+	span_max interval := (SELECT max(x) FROM unnest(d.trend_spans) AS x);
+	n bigint := 0;
+	c bigint;
+	s_key bigint[];
+	s_total bigint[];
+	s_m float8[];
+	s_v float8[];
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('counter.ranking'), d.id);
+	SELECT * INTO st FROM @extschema@.ranking_state WHERE counter_id = d.id;
+	IF full_rebuild OR st IS NULL OR st.settled_until < t - interval '50 minutes'
+		OR st.settled_until > hi THEN
+		DELETE FROM @extschema@.ranking WHERE counter_id = d.id;
+		lo := '-infinity';
+		full_rebuild := true;
+	ELSE
+		lo := st.settled_until;
+	END IF;
+
+	-- 1. settle rows in [lo, hi)
+	SELECT coalesce(array_agg(g.key), '{}'), coalesce(array_agg(g.total), '{}'),
+		coalesce(array_agg(g.m), '{}'), coalesce(array_agg(g.v), '{}')
+	INTO s_key, s_total, s_m, s_v
+	FROM @extschema@.ranking_mass(d, lo, hi, full_rebuild) AS g;
+	UPDATE @extschema@.ranking r SET
+		total_settled = r.total_settled + g.total,
+		dlog_settled = @extschema@.log2_add_mass(r.dlog_settled, g.m, g.v)
+	FROM unnest(s_key, s_total, s_m, s_v) AS g(key, total, m, v)
+	WHERE r.counter_id = d.id AND r.key = g.key;
+	INSERT INTO @extschema@.ranking
+		(counter_id, key, total, trend, dlog, total_settled, dlog_settled, refreshed_at)
+	SELECT d.id, g.key, g.total, 0, '-Infinity', g.total,
+		@extschema@.log2_add_mass('-Infinity', g.m, g.v), t
+	FROM unnest(s_key, s_total, s_m, s_v) AS g(key, total, m, v)
+	WHERE NOT EXISTS (SELECT FROM @extschema@.ranking r WHERE r.counter_id = d.id AND r.key = g.key);
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	-- 2. current values of keys with rows from lo on
+	INSERT INTO @extschema@.ranking
+		(counter_id, key, total, trend, dlog, total_settled, dlog_settled, refreshed_at)
+	SELECT DISTINCT d.id, tl.key, 0, 0, '-Infinity'::float8, 0, '-Infinity'::float8, t
+	FROM @extschema@.tally tl
+	WHERE tl.counter_id = d.id AND tl.bucket >= hi AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)
+	  AND NOT EXISTS (SELECT FROM @extschema@.ranking r WHERE r.counter_id = d.id AND r.key = tl.key);
+	UPDATE @extschema@.ranking r SET
+		total = r.total_settled + coalesce(u.total, 0),
+		dlog = @extschema@.log2_add_mass(r.dlog_settled, u.m, u.v),
+		refreshed_at = t
+	FROM (
+		SELECT k.key, f.total, f.m, f.v
+		FROM (SELECT unnest(s_key) AS key
+			  UNION SELECT tl.key FROM @extschema@.tally tl
+			  WHERE tl.counter_id = d.id AND tl.bucket >= hi
+			    AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)) k
+		LEFT JOIN @extschema@.ranking_mass(d, hi, 'infinity', false) f ON f.key = k.key
+	) u
+	WHERE r.counter_id = d.id AND r.key = u.key
+	  AND (r.total, r.dlog) IS DISTINCT FROM
+		  (r.total_settled + coalesce(u.total, 0), @extschema@.log2_add_mass(r.dlog_settled, u.m, u.v));
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	-- 3. trend, of the keys whose trend may have changed since the last
+	-- refresh: keys with new rows (from the last horizon on), and keys with
+	-- a row whose bucket a span's start has passed meanwhile
+	UPDATE @extschema@.ranking r SET trend = coalesce(w.trend, 0), refreshed_at = t
+	FROM (
+		WITH k AS (
+			SELECT r0.key FROM @extschema@.ranking r0
+			WHERE full_rebuild AND r0.counter_id = d.id
+			UNION
+			SELECT tl.key FROM @extschema@.tally tl
+			WHERE NOT full_rebuild AND tl.counter_id = d.id
+			  AND tl.bucket >= lo - interval '3 minutes'
+			  AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1)
+			UNION
+			SELECT tl.key FROM unnest(d.trend_spans) AS sp(span)
+			JOIN @extschema@.tally tl ON tl.counter_id = d.id
+			  AND tl.bucket >= st.refreshed_at - sp.span AND tl.bucket < t - sp.span
+			WHERE NOT full_rebuild
+			  AND (tl.slot >= 0 OR tl.slot = -4 OR tl.slot = -1 OR tl.slot = -2 OR tl.slot = -3)
+		)
+		SELECT k.key, x.trend
+		FROM k LEFT JOIN (
+			SELECT tl.key, sum(tl.value * (
+				SELECT coalesce(sum(ws.weight::numeric), 0)
+				FROM unnest(d.trend_spans, d.trend_weights) AS ws(span, weight)
+				WHERE tl.bucket >= t - ws.span AND tl.bucket < t))::float8 AS trend
+			FROM @extschema@.tally tl JOIN k k2 ON k2.key = tl.key
+			WHERE tl.counter_id = d.id AND tl.bucket >= t - span_max AND tl.bucket < t
+			GROUP BY tl.key
+		) x ON x.key = k.key
+	) w
+	WHERE r.counter_id = d.id AND r.key = w.key AND r.trend IS DISTINCT FROM coalesce(w.trend, 0);
+	GET DIAGNOSTICS c = ROW_COUNT;
+	n := n + c;
+
+	INSERT INTO @extschema@.ranking_state AS s (counter_id, settled_until, full_at, refreshed_at)
+	VALUES (d.id, greatest(hi, lo), CASE WHEN full_rebuild THEN t ELSE '-infinity' END, t)
+	ON CONFLICT (counter_id) DO UPDATE SET settled_until = excluded.settled_until,
+		full_at = CASE WHEN full_rebuild THEN t ELSE s.full_at END,
+		refreshed_at = excluded.refreshed_at;
+	RETURN n;
+END $$;

@@ -49,6 +49,32 @@ SELECT counter.drop('sec');
 \set VERBOSITY default
 RESET ROLE;
 
+-- SECURITY DEFINER code never touches objects a caller can create.  In 0.1
+-- refresh_ranking() staged rows in pg_temp.counter_settle: a caller's own
+-- temporary table of that name, with a trigger, ran as the extension owner.
+SET ROLE counter_admin;
+CREATE TEMP TABLE counter_settle (key bigint, total bigint, m float8, v float8);
+CREATE FUNCTION pg_temp.escalate() RETURNS trigger LANGUAGE plpgsql
+	AS $$ BEGIN ALTER ROLE counter_admin SUPERUSER; RETURN NULL; END $$;
+CREATE TRIGGER escalate AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON pg_temp.counter_settle FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.escalate();
+SELECT counter.refresh_ranking('sec') >= 0 AS refreshed;
+SELECT counter.refresh_ranking('sec', "full" => true) >= 0 AS rebuilt;
+SELECT count(*) AS untouched FROM pg_temp.counter_settle;
+DROP TABLE pg_temp.counter_settle;
+DROP FUNCTION pg_temp.escalate();
+RESET ROLE;
+SELECT rolsuper AS admin_became_superuser FROM pg_roles WHERE rolname = 'counter_admin';
+-- The audit behind it: every SECURITY DEFINER function of the extension pins
+-- its search_path, and none names pg_temp in its body.
+SELECT p.oid::regprocedure AS unpinned_or_temp
+FROM pg_proc p JOIN pg_depend dep ON dep.objid = p.oid AND dep.classid = 'pg_proc'::regclass
+JOIN pg_extension e ON e.oid = dep.refobjid AND e.extname = 'counter'
+WHERE p.prosecdef
+  AND (p.proconfig IS NULL OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig)
+       OR p.prosrc ~ 'pg_temp\.')
+ORDER BY 1;
+
 -- Members of the owning role may manage its counters.
 GRANT counter_admin TO counter_app;
 SET ROLE counter_app;
