@@ -9,7 +9,8 @@
  * the worker and read by counter.redis_status(), both under
  * counter_shared->mutex.  No redisReply is ever alive while Postgres code
  * that can raise an ERROR runs: replies are copied into palloc'd items and
- * freed first.
+ * freed first.  Bytes from Redis are binary: every copy keeps its length
+ * (CounterRedisBytes), and nothing parses them as C strings unchecked.
  */
 #ifndef COUNTER_REDIS_H
 #define COUNTER_REDIS_H
@@ -21,6 +22,12 @@
 /* Names of the worker's own keys in Redis; never drained as counter keys. */
 #define COUNTER_REDIS_INFLIGHT "counter:inflight:"
 #define COUNTER_REDIS_QUARANTINE "counter:quarantine:"
+
+/*
+ * Bytes of a quarantined value kept in the in-flight record and the table;
+ * the Redis quarantine hash keeps the value whole.
+ */
+#define COUNTER_REDIS_SHOW_MAX 1024
 
 typedef enum CounterRedisKind
 {
@@ -103,7 +110,8 @@ extern bool CounterRedisStopSoon(void);
 extern int	CounterRedisTargetIndex(CounterRedisTarget *t);
 extern const char *CounterRedisSeedLabel(CounterRedisTarget *t);
 extern void CounterRedisResetSoon(void);
-extern char *CounterRedisSafeText(const char *s, size_t len);
+extern char *CounterRedisBytes(const char *s, size_t len);
+extern char *CounterRedisSafeText(const char *s, size_t len, size_t max);
 extern const CounterRedisCounter *CounterRedisOwner(const CounterRedisCounter *counters,
 													int ncounters,
 													const char *name, size_t len);

@@ -160,19 +160,44 @@ CounterRedisTargetIndex(CounterRedisTarget *t)
 	return (int) (t - targets);
 }
 
-/* Text safe to store: valid UTF-8 without NULs, else a \x hex spelling. */
+/*
+ * A binary-safe copy of len bytes that hiredis handed back: every byte,
+ * embedded NULs included, plus a terminating NUL.  Never pnstrdup, which
+ * stops at the first NUL while callers go on using len.
+ */
 char *
-CounterRedisSafeText(const char *s, size_t len)
+CounterRedisBytes(const char *s, size_t len)
+{
+	char	   *copy = palloc(len + 1);
+
+	memcpy(copy, s, len);
+	copy[len] = '\0';
+	return copy;
+}
+
+/*
+ * Text safe to store and log: valid UTF-8 without NULs as is, anything else
+ * as a \x hex spelling of every byte; at most max bytes of s are shown (0:
+ * all), with a note of the full length when cut.
+ */
+char *
+CounterRedisSafeText(const char *s, size_t len, size_t max)
 {
 	StringInfoData buf;
+	size_t		shown = (max > 0 && len > max) ? max : len;
 	size_t		i;
 
-	if (memchr(s, '\0', len) == NULL && pg_verifymbstr(s, (int) len, true))
-		return pnstrdup(s, len);
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "\\x");
-	for (i = 0; i < len; i++)
-		appendStringInfo(&buf, "%02x", (unsigned char) s[i]);
+	if (memchr(s, '\0', shown) == NULL && pg_verifymbstr(s, (int) shown, true))
+		appendBinaryStringInfo(&buf, s, (int) shown);
+	else
+	{
+		appendStringInfoString(&buf, "\\x");
+		for (i = 0; i < shown; i++)
+			appendStringInfo(&buf, "%02x", (unsigned char) s[i]);
+	}
+	if (shown < len)
+		appendStringInfo(&buf, "... (%zu bytes in all)", len);
 	return buf.data;
 }
 
@@ -946,14 +971,17 @@ CounterRedisQuarantineRows(CounterRedisTarget *t, CounterRedisItem *items, int n
 	{
 		if (!items[i].quarantine)
 			continue;
-		k[nq] = CStringGetTextDatum(CounterRedisSafeText(items[i].rkey, items[i].rkey_len));
-		v[nq] = CStringGetTextDatum(CounterRedisSafeText(items[i].value, items[i].value_len));
+		k[nq] = CStringGetTextDatum(CounterRedisSafeText(items[i].rkey, items[i].rkey_len,
+														 COUNTER_REDIS_SHOW_MAX));
+		v[nq] = CStringGetTextDatum(CounterRedisSafeText(items[i].value, items[i].value_len,
+														 COUNTER_REDIS_SHOW_MAX));
 		r[nq] = CStringGetTextDatum(items[i].reason);
 		ereport(WARNING,
 				(errmsg("counter worker: quarantined Redis key \"%s\" from %s: %s",
-						TextDatumGetCString(k[nq]), t->label, items[i].reason),
+						CounterRedisSafeText(items[i].rkey, items[i].rkey_len, 200),
+						t->label, items[i].reason),
 				 errdetail("Value \"%s\"; see counter.redis_quarantine.",
-						   TextDatumGetCString(v[nq]))));
+						   CounterRedisSafeText(items[i].value, items[i].value_len, 200))));
 		nq++;
 	}
 	if (nq == 0)
@@ -1105,11 +1133,11 @@ void
 CounterRedisRound(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	CounterRedisCounter *counters = NULL;
-	int			ncounters = 0;
+	CounterRedisCounter *volatile counters = NULL;
+	volatile int ncounters = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz deadline;
-	int			i;
+	volatile int i;
 
 	CounterRedisCheckConfig();
 	if (nseeds == 0)
@@ -1124,7 +1152,10 @@ CounterRedisRound(void)
 
 	PG_TRY();
 	{
-		counters = CounterRedisLoadCounters(&ncounters);
+		int			n = 0;
+
+		counters = CounterRedisLoadCounters(&n);
+		ncounters = n;
 	}
 	PG_CATCH();
 	{

@@ -40,7 +40,9 @@
  * KEYS[3..] the source keys, the first ARGV[1] of them with a valid key
  * part.  ARGV[2] the batch id, ARGV[3] the claim time (Unix ms).  Returns
  * the fields written, each followed by its value: "+key" for an amount,
- * "!key" for a quarantined value.
+ * "!key" for a quarantined value, whose first COUNTER_REDIS_SHOW_MAX bytes
+ * are all the in-flight record keeps (the quarantine hash keeps it whole).
+ * Lua strings are binary: keys and values with NUL bytes pass intact.
  */
 const char *counter_redis_claim_script =
 "local good = tonumber(ARGV[1])\n"
@@ -57,6 +59,7 @@ const char *counter_redis_claim_script =
 "      if redis.call('HSETNX', KEYS[2], k, v) == 0 then\n"
 "        redis.call('HSET', KEYS[2], k .. '#' .. ARGV[2], v)\n"
 "      end\n"
+"      if #v > 1024 then v = string.sub(v, 1, 1024) end\n"
 "    end\n"
 "    redis.call('HSET', KEYS[1], f, v)\n"
 "    redis.call('DEL', k)\n"
@@ -228,9 +231,9 @@ CounterRedisItemFrom(const CounterRedisCounter *counters, int ncounters,
 	bool		keyok = false;
 
 	memset(it, 0, sizeof(*it));
-	it->rkey = pnstrdup(field + 1, flen - 1);
+	it->rkey = CounterRedisBytes(field + 1, flen - 1);
 	it->rkey_len = flen - 1;
-	it->value = pnstrdup(value, vlen);
+	it->value = CounterRedisBytes(value, vlen);
 	it->value_len = vlen;
 	it->bucket = bucket;
 	c = CounterRedisOwner(counters, ncounters, it->rkey, it->rkey_len);
@@ -634,7 +637,7 @@ CounterRedisDrainKeys(CounterRedisTarget *t, const CounterRedisCounter *counters
 				if (owner != &counters[c])
 					continue;	/* a longer prefix's, or ours */
 				ck = &pending[npending++];
-				ck->name = pnstrdup(k->str, k->len);
+				ck->name = CounterRedisBytes(k->str, k->len);
 				ck->len = k->len;
 				ck->good = CounterRedisParseKey(owner, k->str, k->len, &keytext, &key);
 				ck->slot = CounterRedisSlot(k->str, k->len);
@@ -669,6 +672,31 @@ CounterRedisDrainKeys(CounterRedisTarget *t, const CounterRedisCounter *counters
 		return false;
 	t->backlog = found;
 	return true;
+}
+
+/*
+ * Whether a key has the shape of the in-flight records this worker writes,
+ * counter:inflight:{tag}:<id> with an id of letters, digits, '-' and '_'.
+ * Only such names are recovered, so no NUL byte can cut one short.
+ */
+static bool
+CounterRedisIsInflightName(const char *s, size_t len)
+{
+	size_t		plen = strlen(COUNTER_REDIS_INFLIGHT);
+	size_t		i = plen;
+	size_t		start;
+
+	if (len <= plen || memcmp(s, COUNTER_REDIS_INFLIGHT, plen) != 0 || s[i++] != '{')
+		return false;
+	while (i < len && s[i] != '}' && s[i] != '\0')
+		i++;
+	if (i + 1 >= len || s[i] != '}' || s[i + 1] != ':')
+		return false;
+	i += 2;
+	start = i;
+	while (i < len && (isalnum((unsigned char) s[i]) || s[i] == '-' || s[i] == '_'))
+		i++;
+	return i == len && i > start;
 }
 
 /*
@@ -709,13 +737,18 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 		strlcpy(cursor, r->element[0]->str, sizeof(cursor));
 		for (j = 0; j < r->element[1]->elements; j++)
 		{
+			redisReply *name = r->element[1]->element[j];
+
 			if (nnames == cap)
 			{
 				cap *= 2;
 				names = repalloc(names, sizeof(char *) * cap);
 			}
-			names[nnames++] = pnstrdup(r->element[1]->element[j]->str,
-									   r->element[1]->element[j]->len);
+			/* a hash someone else made under our prefix is not ours */
+			if (name->type != REDIS_REPLY_STRING ||
+				!CounterRedisIsInflightName(name->str, name->len))
+				continue;
+			names[nnames++] = CounterRedisBytes(name->str, name->len);
 		}
 		freeReplyObject(r);
 	} while (strcmp(cursor, "0") != 0);
@@ -757,7 +790,7 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 			for (k = 0; k + 1 < r->elements; k += 2)
 				if (r->element[k]->len == 2 && memcmp(r->element[k]->str, "#t", 2) == 0)
 				{
-					char	   *ms = pnstrdup(r->element[k + 1]->str, r->element[k + 1]->len);
+					char	   *ms = CounterRedisBytes(r->element[k + 1]->str, r->element[k + 1]->len);
 
 					bucket = CounterMinute(CounterFromUnixMs(strtoi64(ms, NULL, 10)));
 				}

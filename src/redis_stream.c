@@ -42,6 +42,7 @@ typedef struct StreamEntry
 	char	   *time;
 	char	   *all;			/* every field, for quarantine */
 	bool		deleted;		/* in the pending list, gone from the stream */
+	bool		binary;			/* a field name or value holds a NUL byte */
 } StreamEntry;
 
 static SPIPlanPtr plan_event_bigint = NULL;
@@ -123,9 +124,10 @@ CounterStreamCopy(redisReply *list, StreamEntry **out)
 		StringInfoData all;
 		size_t		j;
 
-		if (en->type != REDIS_REPLY_ARRAY || en->elements < 2)
+		if (en->type != REDIS_REPLY_ARRAY || en->elements < 2 ||
+			en->element[0]->type != REDIS_REPLY_STRING)
 			continue;
-		e[i].id = pnstrdup(en->element[0]->str, en->element[0]->len);
+		e[i].id = CounterRedisBytes(en->element[0]->str, en->element[0]->len);
 		f = en->element[1];
 		if (f->type != REDIS_REPLY_ARRAY)
 		{
@@ -135,10 +137,21 @@ CounterStreamCopy(redisReply *list, StreamEntry **out)
 		initStringInfo(&all);
 		for (j = 0; j + 1 < f->elements; j += 2)
 		{
-			char	   *name = pnstrdup(f->element[j]->str, f->element[j]->len);
-			char	   *val = pnstrdup(f->element[j + 1]->str, f->element[j + 1]->len);
+			redisReply *fn = f->element[j];
+			redisReply *fv = f->element[j + 1];
+			char	   *name;
+			char	   *val;
 
-			appendStringInfo(&all, "%s%s=%s", all.len ? " " : "", name, val);
+			if (fn->type != REDIS_REPLY_STRING || fv->type != REDIS_REPLY_STRING)
+				continue;
+			name = CounterRedisBytes(fn->str, fn->len);
+			val = CounterRedisBytes(fv->str, fv->len);
+			appendStringInfo(&all, "%s%s=%s", all.len ? " " : "",
+							 CounterRedisSafeText(fn->str, fn->len, 200),
+							 CounterRedisSafeText(fv->str, fv->len, COUNTER_REDIS_SHOW_MAX));
+			/* a NUL inside a field would let a C string parse a prefix */
+			if (memchr(fn->str, '\0', fn->len) || memchr(fv->str, '\0', fv->len))
+				e[i].binary = true;
 			if (strcmp(name, "counter") == 0)
 				e[i].counter = val;
 			else if (strcmp(name, "key") == 0)
@@ -172,6 +185,11 @@ CounterStreamItem(StreamEntry *e, TimestampTz now, CounterRedisItem *it)
 	it->bucket = CounterMinute(now);
 	it->delta = 1;
 	it->event = e->event;
+	if (e->binary)
+	{
+		it->reason = "entry has a field with a NUL byte";
+		goto bad;
+	}
 	if (e->counter == NULL || e->key == NULL)
 	{
 		it->reason = "entry lacks the field counter or key";

@@ -13,7 +13,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(redis_start redis_stop redis_restart rcli redis_node
+our @EXPORT = qw(redis_start redis_stop redis_restart rcli rraw redis_node
   redis_wait_empty worker_pid);
 
 # Whether nothing listens on 127.0.0.1:$port.
@@ -94,6 +94,23 @@ sub rcli
 	IPC::Run::run([ 'redis-cli', '-p', $r->{port}, @cmd ], '>', \$out, '2>', \$err);
 	chomp $out;
 	return $out;
+}
+
+# Send one command with binary-safe arguments (NUL bytes, any size) over
+# RESP; returns the reply's first line ("+OK", ":1", "$5", ...).
+sub rraw
+{
+	my ($r, @args) = @_;
+	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $r->{port},
+		Proto => 'tcp', Timeout => 10) or die "cannot connect to redis: $!";
+	binmode $sock;
+	my $cmd = '*' . scalar(@args) . "\r\n";
+	$cmd .= '$' . length($_) . "\r\n" . $_ . "\r\n" for @args;
+	print $sock $cmd;
+	my $line = <$sock>;
+	close $sock;
+	$line =~ s/\r\n\z// if defined $line;
+	return $line;
 }
 
 # A started node preloading counter, draining $url, with counter installed.
