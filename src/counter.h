@@ -2,10 +2,15 @@
  * counter.h
  *		Declarations shared by the counter extension's source files.
  *
- * Each .c file holds one concern: the type (type.c), the catalog of declared
- * counters and its backend-local cache (catalog.c), the write paths
- * (write.c), the read paths (read.c) and the settings (guc.c).  counter.c
- * only carries the module magic and delegates _PG_init to them.
+ * Each .c file holds one concern and calls only the files below it.  From the
+ * bottom up: settings (guc.c); the private scope, plan cache and overflow
+ * errors (scope.c); shared memory (shmem.c) and the shared buffer
+ * (buffer.c); the row protocol of counter.tally (tally.c); declared
+ * counters (catalog.c) and the handle type (type.c); the SQL paths
+ * (write.c, buffered.c, limits.c, read.c, stats.c); compaction (compact.c);
+ * the sources (redis_*.c, source_apply.c, see counter_redis.h); and the
+ * background worker (worker.c).  module.c only carries the module magic and
+ * delegates _PG_init to them.
  */
 #ifndef COUNTER_H
 #define COUNTER_H
@@ -190,7 +195,30 @@ extern int	counter_flush_interval;
 extern int	counter_compact_interval;
 extern int	counter_rank_interval;
 extern char *counter_database;
+extern char *counter_redis_url;
+extern char *counter_redis_password;
+extern char *counter_redis_password_file;
+extern int	counter_redis_poll_interval;
+extern int	counter_redis_batch_size;
+extern char *counter_redis_stream;
+extern char *counter_redis_stream_group;
+extern int	counter_redis_connect_timeout;
+extern int	counter_redis_command_timeout;
 extern void CounterGucInit(void);
+
+/* scope.c */
+extern void CounterLocateTables(void);
+extern void CounterScopeReset(void);
+extern Oid	CounterDefinitionRelid(void);
+extern void CounterEnter(CounterScope *scope);
+extern void CounterLeave(CounterScope *scope);
+extern SPIPlanPtr CounterPlan(SPIPlanPtr *cache, const char *sql,
+							  int nargs, Oid *argtypes);
+extern void CounterOverflow(const CounterDef *def, const int64 *key,
+							bool reading) pg_attribute_noreturn();
+extern int	CounterExecGuarded(const CounterDef *def, const int64 *key,
+							   bool reading, SPIPlanPtr plan, Datum *values);
+extern void CounterRequireExtensionOwner(const char *what);
 
 /* shmem.c */
 extern CounterShared *counter_shared;
@@ -199,6 +227,12 @@ extern bool CounterShmemReady(void);
 extern void CounterRequireShmem(const char *what);
 extern bool CounterBufferingHere(void);
 extern void CounterRequireBufferingHere(void);
+extern CounterStatsEntry *CounterStatsFor(int32 counter_id);
+extern void CounterStatsIds(int32 **ids, int *n, int *cap);
+extern void CounterStatsForget(int32 counter_id);
+
+/* buffer.c */
+extern void CounterBufferInit(void);
 extern CounterBufEntry *CounterBufReserve(int32 counter_id, int64 key,
 										  TimestampTz bucket, int *slotno,
 										  bool *is_new);
@@ -217,9 +251,19 @@ extern int	CounterBufDrain(TransactionId xid, TransactionId horizon,
 extern void CounterBufUndrain(TransactionId xid);
 extern int	CounterBufEvict(int64 keep_cache_us);
 extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);
-extern CounterStatsEntry *CounterStatsFor(int32 counter_id);
-extern void CounterStatsIds(int32 **ids, int *n, int *cap);
-extern void CounterShmemForget(int32 counter_id);
+extern void CounterBufForget(int32 counter_id);
+
+/* tally.c */
+extern int16 CounterSlot(const CounterDef *def);
+extern void CounterApply(const CounterDef *def, int64 key, int64 delta,
+						 TimestampTz bucket);
+extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
+extern int64 CounterKeyArg(FunctionCallInfo fcinfo, int argno,
+						   const CounterDef *def, bool create, bool *known);
+extern bool CounterKeyIsBig(const CounterDef *def, int64 key);
+extern uint64 CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids,
+								Datum *keys, Datum *buckets, Datum *deltas,
+								int16 slot);
 
 /* buffered.c */
 extern void CounterBufferedInit(void);
@@ -237,11 +281,13 @@ extern bool CounterActorAllow(const CounterDef *def, text *actor, int64 key,
 							  TimestampTz when);
 extern int64 CounterPurgeLimits(TimestampTz now, int limit);
 
+/* compact.c */
+extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds);
+
 /* worker.c */
 extern void CounterWorkerInit(void);
 
-/* redis.c */
-extern void CounterRedisGucInit(void);
+/* redis.c, redis_conn.c: the Redis source as the worker sees it */
 extern void CounterRedisRound(void);
 extern void CounterRedisShutdown(void);
 extern long CounterRedisWaitMs(long fold_ms);
@@ -251,26 +297,8 @@ extern void CounterCatalogInit(void);
 extern bool CounterLookupById(int32 id, CounterDef *def);
 extern bool CounterLookupByName(const char *name, CounterDef *def);
 extern void CounterGetById(int32 id, CounterDef *def);
-extern void CounterEnter(CounterScope *scope);
-extern void CounterLeave(CounterScope *scope);
-extern SPIPlanPtr CounterPlan(SPIPlanPtr *cache, const char *sql,
-							  int nargs, Oid *argtypes);
 extern const char *CounterModeName(CounterMode mode);
-extern void CounterOverflow(const CounterDef *def, const int64 *key,
-							bool reading) pg_attribute_noreturn();
-extern int	CounterExecGuarded(const CounterDef *def, const int64 *key,
-							   bool reading, SPIPlanPtr plan, Datum *values);
 extern void CounterCheckName(const char *name);
-extern void CounterRequireExtensionOwner(const char *what);
-
-/* write.c */
-extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
-extern int64 CounterKeyArg(FunctionCallInfo fcinfo, int argno,
-						   const CounterDef *def, bool create, bool *known);
-extern bool CounterKeyIsBig(const CounterDef *def, int64 key);
-extern uint64 CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids,
-								Datum *keys, Datum *buckets, Datum *deltas,
-								int16 slot);
 
 /* Attribute time: the start of the minute holding ts. */
 static inline TimestampTz

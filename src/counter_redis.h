@@ -1,8 +1,10 @@
 /*
  * counter_redis.h
- *		Declarations shared by the Redis ingestion files: redis.c (settings,
- *		connections, topology, the worker's round, status), redis_keys.c
- *		(exactly-once drain of INCR keys) and redis_stream.c (stream events).
+ *		Declarations shared by the Redis ingestion files, from the bottom up:
+ *		redis_conn.c (connections, topology, backoff, status), source_apply.c
+ *		(what every source shares to apply what it read), redis_keys.c
+ *		(exactly-once drain of INCR keys), redis_stream.c (stream events) and
+ *		redis.c (the worker's round, the SQL status functions).
  *
  * Everything here runs in the background worker only, single-threaded; the
  * one piece of shared state is the status array in CounterShared, written by
@@ -28,6 +30,9 @@
  * the Redis quarantine hash keeps the value whole.
  */
 #define COUNTER_REDIS_SHOW_MAX 1024
+
+/* Hash slots of a Redis Cluster. */
+#define COUNTER_REDIS_SLOTS 16384
 
 typedef enum CounterRedisKind
 {
@@ -86,15 +91,11 @@ typedef struct CounterRedisItem
 	char	   *event;			/* event id of a stream entry, or NULL */
 } CounterRedisItem;
 
-/* settings (redis.c) */
-extern char *counter_redis_url;
-extern int	counter_redis_poll_interval;
-extern int	counter_redis_batch_size;
-extern char *counter_redis_stream;
-extern char *counter_redis_stream_group;
-extern int	counter_redis_command_timeout;
-
-/* redis.c */
+/* redis_conn.c */
+extern bool CounterRedisCheckConfig(void);
+extern int	CounterRedisSeedCount(void);
+extern CounterRedisTarget *CounterRedisTargets(int *n);
+extern bool CounterRedisConnect(CounterRedisTarget *t);
 extern redisReply *CounterRedisCommand(CounterRedisTarget *t, int argc,
 									   const char **argv, const size_t *lens);
 extern bool CounterRedisPipeline(CounterRedisTarget *t, int ncmds, int *argcs,
@@ -110,12 +111,13 @@ extern bool CounterRedisStopSoon(void);
 extern int	CounterRedisTargetIndex(CounterRedisTarget *t);
 extern const char *CounterRedisSeedLabel(CounterRedisTarget *t);
 extern void CounterRedisResetSoon(void);
+extern unsigned int CounterRedisSlot(const char *key, size_t len);
+
+/* source_apply.c */
 extern char *CounterRedisBytes(const char *s, size_t len);
 extern char *CounterRedisSafeText(const char *s, size_t len, size_t max);
-extern const CounterRedisCounter *CounterRedisOwner(const CounterRedisCounter *counters,
-													int ncounters,
-													const char *name, size_t len);
 extern void CounterRedisTxnBegin(CounterScope *scope);
+extern MemoryContext CounterRedisTxnContext(void);
 extern void CounterRedisTxnCommit(CounterScope *scope);
 extern void CounterRedisCountStats(CounterRedisItem *items, int n);
 extern int64 CounterRedisMapKeys(CounterRedisItem *items, int n);
@@ -126,7 +128,9 @@ extern void CounterRedisQuarantineRows(CounterRedisTarget *t,
 
 /* redis_keys.c */
 extern const char *counter_redis_claim_script;
-extern unsigned int CounterRedisSlot(const char *key, size_t len);
+extern const CounterRedisCounter *CounterRedisOwner(const CounterRedisCounter *counters,
+													int ncounters,
+													const char *name, size_t len);
 extern bool CounterRedisRecover(CounterRedisTarget *t,
 								const CounterRedisCounter *counters, int ncounters);
 extern bool CounterRedisDrainKeys(CounterRedisTarget *t,

@@ -1,6 +1,6 @@
 /*
  * guc.c
- *		The counter.* settings.
+ *		Every counter.* setting, the Redis ones included.
  */
 #include "counter.h"
 
@@ -13,6 +13,15 @@ int			counter_flush_interval = 1000;
 int			counter_compact_interval = 10000;
 int			counter_rank_interval = 30000;
 char	   *counter_database = NULL;
+char	   *counter_redis_url = NULL;
+char	   *counter_redis_password = NULL;
+char	   *counter_redis_password_file = NULL;
+int			counter_redis_poll_interval = 1000;
+int			counter_redis_batch_size = 50000;
+char	   *counter_redis_stream = NULL;
+char	   *counter_redis_stream_group = NULL;
+int			counter_redis_connect_timeout = 1000;
+int			counter_redis_command_timeout = 2000;
 
 /* Define every counter.* setting and reserve the prefix. */
 void
@@ -73,6 +82,56 @@ CounterGucInit(void)
 								   NULL, NULL, NULL);
 	}
 
-	CounterRedisGucInit();
+	DefineCustomStringVariable("counter.redis_url",
+							   "Redis masters the worker drains, as a comma-separated list of redis://host:port/db URLs.",
+							   "Empty turns Redis ingestion off.  A URL naming a Redis Cluster node drains every master of the cluster.",
+							   &counter_redis_url, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.redis_password",
+							   "Password for the Redis masters (AUTH).",
+							   "Readable by superusers only; counter.redis_password_file is the alternative.",
+							   &counter_redis_password, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.redis_password_file",
+							   "File whose first line is the password for the Redis masters.",
+							   NULL,
+							   &counter_redis_password_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.redis_poll_interval",
+							"How often the worker drains Redis.",
+							"A drained increment is in the tables within about this time.",
+							&counter_redis_poll_interval,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.redis_batch_size",
+							"Redis keys or stream entries claimed per batch.",
+							"Each batch is applied in one Postgres transaction.",
+							&counter_redis_batch_size,
+							50000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.redis_stream",
+							   "Redis stream of increment events the worker reads; empty for none.",
+							   NULL,
+							   &counter_redis_stream, "",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.redis_stream_group",
+							   "Consumer group the worker reads the stream through.",
+							   NULL,
+							   &counter_redis_stream_group, "counter",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.redis_connect_timeout",
+							"Timeout for connecting to a Redis master.",
+							NULL,
+							&counter_redis_connect_timeout,
+							1000, 10, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.redis_command_timeout",
+							"Timeout for one Redis command.",
+							NULL,
+							&counter_redis_command_timeout,
+							2000, 10, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("counter");
 }

@@ -32,7 +32,6 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 
-#define COUNTER_REDIS_SLOTS 16384
 #define COUNTER_REDIS_DONE_MAX 64
 
 /*
@@ -85,39 +84,6 @@ static uint64 batch_seq = 0;
 static char *done_ids[COUNTER_REDIS_DONE_MAX];
 static int	ndone = 0;
 
-/* CRC16 (XMODEM), the hash of Redis Cluster key slots. */
-static uint16
-CounterCrc16(const char *buf, size_t len)
-{
-	uint16		crc = 0;
-	size_t		i;
-	int			b;
-
-	for (i = 0; i < len; i++)
-	{
-		crc ^= (uint16) ((unsigned char) buf[i]) << 8;
-		for (b = 0; b < 8; b++)
-			crc = (crc & 0x8000) ? (uint16) ((crc << 1) ^ 0x1021) : (uint16) (crc << 1);
-	}
-	return crc;
-}
-
-/* The cluster slot of a key, honouring a {hash tag}. */
-unsigned int
-CounterRedisSlot(const char *key, size_t len)
-{
-	const char *open = memchr(key, '{', len);
-
-	if (open)
-	{
-		const char *close = memchr(open + 1, '}', len - (open + 1 - key));
-
-		if (close && close > open + 1)
-			return CounterCrc16(open + 1, close - open - 1) & (COUNTER_REDIS_SLOTS - 1);
-	}
-	return CounterCrc16(key, len) & (COUNTER_REDIS_SLOTS - 1);
-}
-
 /* A short hash tag for every slot: "{tag}" hashes to that slot. */
 static const char *
 CounterRedisSlotTag(unsigned int slot)
@@ -135,7 +101,7 @@ CounterRedisSlotTag(unsigned int slot)
 			unsigned int s;
 
 			snprintf(buf, sizeof(buf), "%x", i);
-			s = CounterCrc16(buf, strlen(buf)) & (COUNTER_REDIS_SLOTS - 1);
+			s = CounterRedisSlot(buf, strlen(buf));
 			if (slot_tags[s][0] == '\0')
 			{
 				strlcpy(slot_tags[s], buf, sizeof(slot_tags[s]));
@@ -410,6 +376,37 @@ CounterClaimKeyCmp(const void *a, const void *b)
 }
 
 /*
+ * Load the claim script on a master once per connection; its SHA1 stays in
+ * the target until the connection fails.  False if Redis failed.
+ */
+static bool
+CounterRedisLoadScript(CounterRedisTarget *t)
+{
+	const char *argv[3] = {"SCRIPT", "LOAD", counter_redis_claim_script};
+	redisReply *r;
+
+	if (t->sha[0] != '\0')
+		return true;
+	r = CounterRedisCommand(t, 3, argv, NULL);
+	if (r == NULL)
+		return false;
+	if (r->type != REDIS_REPLY_STRING || r->len != 40)
+	{
+		char		detail[160];
+
+		strlcpy(detail, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply",
+				sizeof(detail));
+		freeReplyObject(r);
+		CounterRedisFail(t, "SCRIPT LOAD", detail);
+		return false;
+	}
+	memcpy(t->sha, r->str, 40);
+	t->sha[40] = '\0';
+	freeReplyObject(r);
+	return true;
+}
+
+/*
  * Claim, apply and forget one batch of keys.  False if Redis failed (the
  * target is then disconnected and recovers on reconnect).
  */
@@ -504,6 +501,8 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 		lens[i] = len;
 	}
 
+	if (!CounterRedisLoadScript(t))
+		return false;
 	/* from here on, a failure leaves in-flight hashes for recovery */
 	t->need_recovery = true;
 	if (!CounterRedisPipeline(t, ngroups, argcs, argvs, lens, replies))
@@ -852,4 +851,26 @@ CounterRedisExpireBatches(void)
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "expiring Redis batch ids failed: %s", SPI_result_code_string(rc));
 	CounterRedisTxnCommit(&scope);
+}
+
+/*
+ * The counter whose prefix is the longest one starting name, or NULL; the
+ * worker's own keys belong to none.  counters is sorted longest prefix first.
+ */
+const CounterRedisCounter *
+CounterRedisOwner(const CounterRedisCounter *counters, int ncounters,
+				  const char *name, size_t len)
+{
+	int			i;
+
+	if ((len >= strlen(COUNTER_REDIS_INFLIGHT) &&
+		 memcmp(name, COUNTER_REDIS_INFLIGHT, strlen(COUNTER_REDIS_INFLIGHT)) == 0) ||
+		(len >= strlen(COUNTER_REDIS_QUARANTINE) &&
+		 memcmp(name, COUNTER_REDIS_QUARANTINE, strlen(COUNTER_REDIS_QUARANTINE)) == 0))
+		return NULL;
+	for (i = 0; i < ncounters; i++)
+		if (len > (size_t) counters[i].prefix_len &&
+			memcmp(name, counters[i].prefix, counters[i].prefix_len) == 0)
+			return &counters[i];
+	return NULL;
 }

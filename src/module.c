@@ -1,5 +1,5 @@
 /*
- * counter.c
+ * module.c
  *		Module entry point: the magic block and _PG_init, which only hands
  *		each concern its own initialisation.  Loaded through
  *		shared_preload_libraries it also sets up shared memory and the worker;
@@ -17,6 +17,7 @@ _PG_init(void)
 {
 	CounterGucInit();
 	CounterShmemInit();
+	CounterBufferInit();
 	CounterCatalogInit();
 	CounterBufferedInit();
 	CounterWorkerInit();

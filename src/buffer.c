@@ -1,0 +1,647 @@
+/*
+ * buffer.c
+ *		The shared buffer of buffered counters: pending increments per
+ *		(database, counter, key) and minute, the folds that take them, and
+ *		the totals cached for get(max_age).
+ *
+ * The buffer is a shared hash of (counter, key) entries, partitioned into
+ * COUNTER_PARTITIONS parts with one LWLock each.  Finding an entry takes its
+ * partition's lock in shared mode; only creating or evicting an entry takes
+ * it exclusively.  The numbers inside an entry are guarded by the entry's own
+ * spinlock, so writers of different keys never touch the same lock and
+ * writers of one hot key hold a spinlock for a few instructions.
+ *
+ * Readers do not take the spinlock: writers bump a change count around each
+ * change and readers retry a copy that overlapped one (CounterEntryLock).
+ *
+ * Each entry has COUNTER_BUF_SLOTS minute slots.  A slot holds
+ *	 pending	committed increments not yet folded into the tables;
+ *	 inflight	increments a fold has taken, written by fold_xid;
+ *	 refs		open transactions that will add to this slot at commit.
+ * A reader adds inflight only while fold_xid is not visible to its snapshot,
+ * so a read is exact before, during and after a fold.  The worker clears
+ * inflight once fold_xid is visible to every snapshot of the database, or
+ * once the fold is older than the settle limit the caller gives: a
+ * snapshot held open longer than that (a long repeatable-read transaction)
+ * may then miss one fold's amount of a key, but no snapshot can hold
+ * buffered increments back from the tables.
+ * An entry is evicted only when no slot has pending, inflight or refs.
+ */
+#include "counter.h"
+
+#include "access/transam.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "utils/snapmgr.h"
+
+static HTAB *buffer_hash = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* shmem_request_hook: room for counter.buffer_keys entries. */
+static void
+CounterBufferShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(hash_estimate_size(counter_buffer_keys,
+											  sizeof(CounterBufEntry)));
+}
+
+/* shmem_startup_hook: create or attach to the buffer's hash (after shmem.c's). */
+static void
+CounterBufferShmemStartup(void)
+{
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(CounterBufKey);
+	info.entrysize = sizeof(CounterBufEntry);
+	info.num_partitions = COUNTER_PARTITIONS;
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	buffer_hash = ShmemInitHash("counter buffer",
+								counter_buffer_keys, counter_buffer_keys,
+								&info, HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Install the hooks, after CounterShmemInit (preload only). */
+void
+CounterBufferInit(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = CounterBufferShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = CounterBufferShmemStartup;
+}
+
+/* The partition lock guarding a hash value. */
+static inline LWLock *
+CounterPartitionLock(uint32 hashcode)
+{
+	return counter_shared->partition_locks[hashcode % COUNTER_PARTITIONS];
+}
+
+/*
+ * Writers of an entry hold its spinlock and make its change count odd while
+ * they change it; readers take no lock: they copy the fields and retry if
+ * the count was odd or moved meanwhile, so readers of a hot key never
+ * contend with each other.
+ */
+static inline void
+CounterEntryLock(CounterBufEntry *entry)
+{
+	SpinLockAcquire(&entry->mutex);
+	pg_atomic_fetch_add_u32(&entry->changecount, 1);
+}
+
+/* End a change begun by CounterEntryLock. */
+static inline void
+CounterEntryUnlock(CounterBufEntry *entry)
+{
+	pg_atomic_fetch_add_u32(&entry->changecount, 1);
+	SpinLockRelease(&entry->mutex);
+}
+
+/* Start a lock-free read of an entry; pass the result to CounterEntryReadEnd. */
+static inline uint32
+CounterEntryReadBegin(CounterBufEntry *entry)
+{
+	uint32		count;
+
+	while ((count = pg_atomic_read_u32(&entry->changecount)) & 1)
+		SPIN_DELAY();
+	pg_read_barrier();
+	return count;
+}
+
+/* Whether a read begun with `before` saw a consistent entry. */
+static inline bool
+CounterEntryReadEnd(CounterBufEntry *entry, uint32 before)
+{
+	pg_read_barrier();
+	return pg_atomic_read_u32(&entry->changecount) == before;
+}
+
+/*
+ * Lock every partition, in order, for a scan of the whole buffer (dynahash
+ * requires all partition locks for hash_seq_search on a partitioned table).
+ */
+static void
+CounterLockAll(LWLockMode mode)
+{
+	int			p;
+
+	for (p = 0; p < COUNTER_PARTITIONS; p++)
+		LWLockAcquire(counter_shared->partition_locks[p], mode);
+}
+
+/* Release what CounterLockAll took. */
+static void
+CounterUnlockAll(void)
+{
+	int			p;
+
+	for (p = COUNTER_PARTITIONS - 1; p >= 0; p--)
+		LWLockRelease(counter_shared->partition_locks[p]);
+}
+
+/*
+ * Find the entry of (counter, key) in this database, making it (if create)
+ * when there is room under counter.buffer_keys.  Returns with the entry's
+ * partition lock held, in *lock (shared, or exclusive if it had to look
+ * for room); the caller releases it.  NULL when absent or when there is no
+ * room.  *is_new tells that the entry was just made.
+ */
+static CounterBufEntry *
+CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
+				 bool *is_new)
+{
+	CounterBufKey k;
+	uint32		hashcode;
+	CounterBufEntry *entry;
+	bool		found;
+
+	memset(&k, 0, sizeof(k));
+	k.dbid = MyDatabaseId;
+	k.counter_id = counter_id;
+	k.key = key;
+	hashcode = get_hash_value(buffer_hash, &k);
+	*lock = CounterPartitionLock(hashcode);
+	*is_new = false;
+
+	LWLockAcquire(*lock, LW_SHARED);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry || !create)
+		return entry;
+
+	LWLockRelease(*lock);
+	LWLockAcquire(*lock, LW_EXCLUSIVE);
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	if (entry)
+		return entry;
+	if (pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) >= (uint32) counter_buffer_keys)
+	{
+		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		return NULL;
+	}
+	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+	{
+		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		return NULL;
+	}
+	SpinLockInit(&entry->mutex);
+	pg_atomic_init_u32(&entry->changecount, 0);
+	entry->big = false;
+	entry->fold_xid = InvalidTransactionId;
+	entry->fold_at = 0;
+	memset(entry->slots, 0, sizeof(entry->slots));
+	entry->cached_at = 0;
+	entry->cached_value = 0;
+	*is_new = true;
+	return entry;
+}
+
+/*
+ * Find (or make) the entry of (counter, key) and reserve a slot for bucket
+ * in it.  Returns NULL when the buffer is full or both slots hold other
+ * minutes: the caller then takes the durable path.  *is_new tells the
+ * caller that the entry was just made (its `big` flag still to be set).
+ */
+CounterBufEntry *
+CounterBufReserve(int32 counter_id, int64 key, TimestampTz bucket,
+				  int *slotno, bool *is_new)
+{
+	LWLock	   *lock;
+	CounterBufEntry *entry;
+	int			i;
+	int			free_slot = -1;
+
+	entry = CounterBufLookup(counter_id, key, true, &lock, is_new);
+	if (entry == NULL)
+	{
+		LWLockRelease(lock);
+		return NULL;
+	}
+	CounterEntryLock(entry);
+	for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+	{
+		CounterBufSlot *s = &entry->slots[i];
+
+		if (s->bucket == bucket && (s->refs > 0 || s->pending != 0 || s->inflight != 0))
+			break;
+		if (free_slot < 0 && s->refs == 0 && s->pending == 0 && s->inflight == 0)
+			free_slot = i;
+	}
+	if (i == COUNTER_BUF_SLOTS)
+		i = free_slot;
+	if (i >= 0)
+	{
+		entry->slots[i].bucket = bucket;
+		entry->slots[i].refs++;
+	}
+	CounterEntryUnlock(entry);
+	LWLockRelease(lock);
+
+	*slotno = i;
+	return i >= 0 ? entry : NULL;
+}
+
+/*
+ * Settle a reservation at the end of a transaction: add delta (0 on abort)
+ * to the slot's pending and drop the reference.  The reference kept the
+ * entry from eviction, so no partition lock is needed.
+ */
+void
+CounterBufRelease(CounterBufEntry *entry, int slotno, int64 delta)
+{
+	CounterBufSlot *s = &entry->slots[slotno];
+
+	CounterEntryLock(entry);
+	s->pending += delta;
+	s->refs--;
+	CounterEntryUnlock(entry);
+}
+
+/* Mark a key as big (see write.c): its increments then take the durable path. */
+void
+CounterBufSetBig(CounterBufEntry *entry)
+{
+	CounterEntryLock(entry);
+	entry->big = true;
+	CounterEntryUnlock(entry);
+}
+
+/* Mark (counter, key) big if the buffer has an entry for it. */
+void
+CounterBufMarkBig(int32 counter_id, int64 key)
+{
+	LWLock	   *lock;
+	bool		is_new;
+	CounterBufEntry *entry;
+
+	if (!CounterShmemReady())
+		return;
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
+	if (entry)
+		CounterBufSetBig(entry);
+	LWLockRelease(lock);
+}
+
+/* Whether an inflight amount written by xid is missing from snapshot's view. */
+static bool
+CounterInflightUnseen(TransactionId xid, Snapshot snapshot)
+{
+	if (!TransactionIdIsValid(xid))
+		return true;
+	if (snapshot == NULL || XidInMVCCSnapshot(xid, snapshot))
+		return true;
+	return !TransactionIdDidCommit(xid);
+}
+
+/*
+ * Sum what the buffer holds for (counter, key) in buckets [from, to), as
+ * seen from snapshot: pending, plus inflight that the snapshot cannot see in
+ * the tables yet.
+ */
+int64
+CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
+				  TimestampTz to, Snapshot snapshot)
+{
+	LWLock	   *lock;
+	bool		is_new;
+	CounterBufEntry *entry;
+	int64		sum = 0;
+	int64		inflight = 0;
+	TransactionId xid = InvalidTransactionId;
+	int			i;
+
+	if (!CounterShmemReady())
+		return 0;
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
+	if (entry)
+	{
+		uint32		before;
+
+		do
+		{
+			before = CounterEntryReadBegin(entry);
+			sum = 0;
+			inflight = 0;
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+			{
+				volatile CounterBufSlot *s = &entry->slots[i];
+
+				if (s->bucket < from || s->bucket >= to)
+					continue;
+				sum += s->pending;
+				inflight += s->inflight;
+			}
+			xid = entry->fold_xid;
+		} while (!CounterEntryReadEnd(entry, before));
+	}
+	LWLockRelease(lock);
+
+	if (inflight != 0 && CounterInflightUnseen(xid, snapshot))
+		sum += inflight;
+	return sum;
+}
+
+/* Read a cached total of (counter, key) if it is no older than max_age_us. */
+bool
+CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
+{
+	LWLock	   *lock;
+	bool		is_new;
+	CounterBufEntry *entry;
+	bool		hit = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
+	if (entry)
+	{
+		uint32		before;
+		TimestampTz at;
+		int64		v;
+
+		do
+		{
+			before = CounterEntryReadBegin(entry);
+			at = entry->cached_at;
+			v = entry->cached_value;
+		} while (!CounterEntryReadEnd(entry, before));
+		if (at != 0 && now - at <= max_age_us)
+		{
+			*value = v;
+			hit = true;
+		}
+	}
+	LWLockRelease(lock);
+	return hit;
+}
+
+/*
+ * Remember an exact total computed at `at`, for later max_age reads.  Makes
+ * an entry if there is room; a full buffer just means no caching.
+ */
+void
+CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
+{
+	LWLock	   *lock;
+	bool		is_new;
+	CounterBufEntry *entry;
+
+	entry = CounterBufLookup(counter_id, key, true, &lock, &is_new);
+	if (entry)
+	{
+		CounterEntryLock(entry);
+		if (at >= entry->cached_at)
+		{
+			entry->cached_at = at;
+			entry->cached_value = value;
+		}
+		CounterEntryUnlock(entry);
+	}
+	LWLockRelease(lock);
+}
+
+/*
+ * The state of the fold that last took amounts from an entry, judged from
+ * its xid outside any spinlock (clog and procarray lookups take locks).
+ */
+typedef enum CounterFoldState
+{
+	COUNTER_FOLD_NONE,			/* nothing in flight */
+	COUNTER_FOLD_SETTLED,		/* committed and visible to every snapshot */
+	COUNTER_FOLD_BUSY,			/* running, or committed but not yet seen by all */
+	COUNTER_FOLD_ABORTED		/* failed: its amounts go back to pending */
+} CounterFoldState;
+
+static CounterFoldState
+CounterFoldStateOf(const CounterBufEntry *entry, TransactionId horizon,
+				   TimestampTz settle_before)
+{
+	TransactionId xid = entry->fold_xid;
+
+	if (!TransactionIdIsValid(xid))
+		return COUNTER_FOLD_NONE;
+	if (TransactionIdIsInProgress(xid))
+		return COUNTER_FOLD_BUSY;
+	if (!TransactionIdDidCommit(xid))
+		return COUNTER_FOLD_ABORTED;
+	if (TransactionIdPrecedes(xid, horizon) || entry->fold_at < settle_before)
+		return COUNTER_FOLD_SETTLED;
+	return COUNTER_FOLD_BUSY;
+}
+
+/*
+ * Worker side of a fold, step 1: move every slot's pending into inflight,
+ * tagged with xid, and hand the amounts to emit().  Entries whose previous
+ * fold is still visible to someone are skipped this round (their pending
+ * stays, and stays readable); amounts of a previous fold that aborted are
+ * given back first, so no entry stays busy after a failure, whoever missed
+ * the give-back.  horizon is the oldest xid still visible to a snapshot of
+ * this database; a fold that committed before settle_before is settled
+ * even if some older snapshot could still miss it (see the file header).
+ * emit() runs with no spinlock held.  Only the database's ingest process
+ * writes fold_xid and fold_at, so it may read them without the spinlock.
+ * Returns the number of amounts handed over.
+ */
+int
+CounterBufDrain(TransactionId xid, TransactionId horizon,
+				TimestampTz settle_before, CounterDrainCallback emit, void *arg)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	HASH_SEQ_STATUS status;
+	CounterBufEntry *entry;
+	int			n = 0;
+
+	CounterLockAll(LW_SHARED);
+	hash_seq_init(&status, buffer_hash);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		CounterFoldState prev;
+		TimestampTz buckets[COUNTER_BUF_SLOTS];
+		int64		amounts[COUNTER_BUF_SLOTS];
+		int			ntaken = 0;
+		int			i;
+
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
+		prev = CounterFoldStateOf(entry, horizon, settle_before);
+		if (prev == COUNTER_FOLD_BUSY)
+			continue;
+		CounterEntryLock(entry);
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+		{
+			CounterBufSlot *s = &entry->slots[i];
+
+			if (prev == COUNTER_FOLD_ABORTED)
+				s->pending += s->inflight;
+			s->inflight = 0;
+			if (s->pending == 0)
+				continue;
+			s->inflight = s->pending;
+			s->pending = 0;
+			buckets[ntaken] = s->bucket;
+			amounts[ntaken++] = s->inflight;
+		}
+		entry->fold_xid = ntaken > 0 ? xid : InvalidTransactionId;
+		entry->fold_at = now;
+		CounterEntryUnlock(entry);
+		for (i = 0; i < ntaken; i++)
+			emit(arg, entry->key.counter_id, entry->key.key, buckets[i], amounts[i]);
+		n += ntaken;
+	}
+	CounterUnlockAll();
+	return n;
+}
+
+/*
+ * Worker side of a fold that failed: give inflight amounts tagged xid back
+ * to pending, so nothing is lost and the next fold retries them.
+ */
+void
+CounterBufUndrain(TransactionId xid)
+{
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_SHARED);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			int			i;
+
+			CounterEntryLock(entry);
+			if (entry->fold_xid == xid)
+			{
+				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				{
+					entry->slots[i].pending += entry->slots[i].inflight;
+					entry->slots[i].inflight = 0;
+				}
+				entry->fold_xid = InvalidTransactionId;
+			}
+			CounterEntryUnlock(entry);
+		}
+		CounterUnlockAll();
+	}
+}
+
+/*
+ * Evict entries that hold nothing: no pending, inflight or references, and
+ * no cached total younger than keep_cache_us.  Keeps the buffer bounded.
+ */
+int
+CounterBufEvict(int64 keep_cache_us)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			evicted = 0;
+
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_EXCLUSIVE);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			bool		idle = true;
+			int			i;
+
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				if (entry->slots[i].pending != 0 || entry->slots[i].inflight != 0 ||
+					entry->slots[i].refs != 0)
+					idle = false;
+			if (idle && entry->cached_at != 0 && now - entry->cached_at < keep_cache_us)
+				idle = false;
+			if (idle && !entry->big)
+			{
+				hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
+				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+				evicted++;
+			}
+		}
+		CounterUnlockAll();
+	}
+	return evicted;
+}
+
+/* Totals of what the buffer holds for one counter (for counter.stats). */
+void
+CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys)
+{
+
+	*pending = 0;
+	*keys = 0;
+	{
+		HASH_SEQ_STATUS status;
+		CounterBufEntry *entry;
+
+		CounterLockAll(LW_SHARED);
+		hash_seq_init(&status, buffer_hash);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			int64		sum = 0;
+			int			i;
+
+			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
+				continue;
+			CounterEntryLock(entry);
+			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+				sum += entry->slots[i].pending;
+			CounterEntryUnlock(entry);
+			if (sum != 0)
+			{
+				*pending += sum;
+				(*keys)++;
+			}
+		}
+		CounterUnlockAll();
+	}
+}
+
+/*
+ * Forget the buffered deltas and cached totals of a counter id in this
+ * database (a new counter takes an id only after the extension was dropped
+ * and created again).
+ */
+void
+CounterBufForget(int32 counter_id)
+{
+	HASH_SEQ_STATUS status;
+	CounterBufEntry *entry;
+	int			i;
+
+	if (!CounterShmemReady())
+		return;
+	CounterLockAll(LW_EXCLUSIVE);
+	hash_seq_init(&status, buffer_hash);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
+			continue;
+		CounterEntryLock(entry);
+		entry->cached_at = 0;
+		entry->big = false;
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+		{
+			entry->slots[i].pending = 0;
+			entry->slots[i].inflight = 0;
+		}
+		CounterEntryUnlock(entry);
+	}
+	CounterUnlockAll();
+}
