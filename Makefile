@@ -9,8 +9,8 @@ DATA = counter--0.1.sql $(sort $(wildcard counter--*--*.sql))
 PGFILEDESC = "counter - hot counters for PostgreSQL"
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-# The suites run in the database the worker folds (counter.database), which
-# the test runner creates; each suite creates the extension itself.
+# The suites run in a database the test runner creates; each suite creates
+# the extension itself.
 REGRESS_DB ?= contrib_regression
 REGRESS_OPTS = --inputdir=. --use-existing
 ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))

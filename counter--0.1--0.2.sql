@@ -148,3 +148,54 @@ BEGIN
 		refreshed_at = excluded.refreshed_at;
 	RETURN n;
 END $$;
+
+-- Background processes -------------------------------------------------------
+-- One worker in counter.database became a launcher that serves every
+-- database with the extension, each with an ingest process (folds, drains,
+-- flush) and a maintenance process (compaction, ranking).  worker_status()
+-- has one row per process.
+
+DROP VIEW @extschema@.stats;
+DROP FUNCTION @extschema@.worker_status();
+
+CREATE FUNCTION @extschema@.worker_status(
+	OUT pid integer, OUT database name, OUT role text, OUT state text,
+	OUT started_at timestamptz, OUT last_round timestamptz,
+	OUT last_round_ms float8, OUT rounds bigint, OUT items bigint,
+	OUT errors bigint, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_worker_status' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.worker_status() IS
+	'one row per background process: the launcher, and the ingest and maintenance process of each database served; state, last round, work done, errors';
+
+CREATE FUNCTION @extschema@.buffer_usage(OUT entries integer, OUT max_entries integer)
+RETURNS record
+AS 'MODULE_PATHNAME', 'counter_buffer_usage' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.buffer_usage() IS
+	'entries of the shared buffer in use (pending increments and cached totals, all databases) and counter.buffer_keys';
+
+CREATE VIEW @extschema@.stats AS
+	SELECT d.name, d.mode,
+		coalesce(s.direct + s.sharded + s.buffered + s.fallback + s.redis, 0) AS increments,
+		coalesce(s.direct, 0) AS direct,
+		coalesce(s.sharded, 0) AS sharded,
+		coalesce(s.buffered, 0) AS buffered,
+		coalesce(s.fallback, 0) AS fallback,
+		coalesce(s.redis, 0) AS redis,
+		coalesce(s.deduplicated, 0) AS deduplicated,
+		coalesce(s.rate_limited, 0) AS rate_limited,
+		coalesce(s.folded, 0) AS folded,
+		coalesce(s.pending, 0) AS pending,
+		coalesce(s.pending_keys, 0) AS pending_keys,
+		coalesce(s.cache_hits, 0) AS cache_hits,
+		s.last_fold,
+		pg_catalog.now() OPERATOR(pg_catalog.-) s.last_fold AS fold_age,
+		(SELECT pg_catalog.sum(w.errors) FROM @extschema@.worker_status() AS w
+		 WHERE w.database OPERATOR(pg_catalog.=) pg_catalog.current_database())::bigint AS worker_errors
+	FROM @extschema@.definition AS d
+	LEFT JOIN @extschema@.stats_raw() AS s ON s.counter_id OPERATOR(pg_catalog.=) d.id;
+COMMENT ON VIEW @extschema@.stats IS
+	'per counter since server start: committed increments by path (increments = accepted), refused duplicates and rate-limited ones, buffered deltas pending and folded, cache hits, last fold';
+
+REVOKE ALL ON @extschema@.stats FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.worker_status(), @extschema@.buffer_usage() FROM PUBLIC;

@@ -81,10 +81,17 @@ SELECT counter.get('b', 1, max_age => '-1 second');
 SELECT counter.get('b', 1, max_age => '1 month');
 
 -- The worker reports itself.
-SELECT pid IS NOT NULL AS running, state NOT IN ('stopped', 'not started') AS state_ok,
-       folds >= 1 AS folded, errors AS errors, buffer_keys_max > 0 AS bounded
-FROM counter.worker_status();
-SELECT count(*) AS workers FROM pg_stat_activity WHERE backend_type = 'counter worker';
+-- The processes report themselves: this database's ingest process (which
+-- folded) and maintenance process, and the launcher.
+SELECT role, pid IS NOT NULL AS running, rounds > 0 AS has_rounds,
+       (role <> 'ingest' OR items >= 1) AS folded, errors
+FROM counter.worker_status()
+WHERE database = current_database() OR role = 'launcher'
+ORDER BY role;
+SELECT entries >= 1 AND entries <= max_entries AS bounded FROM counter.buffer_usage();
+SELECT backend_type, count(*) AS processes FROM pg_stat_activity
+WHERE backend_type LIKE 'counter %' AND (datname = current_database() OR datname IS NULL)
+GROUP BY 1 ORDER BY 1;
 
 SELECT counter.drop('b');
 SELECT counter.drop('b_text');

@@ -645,3 +645,24 @@ CounterBufForget(int32 counter_id)
 	}
 	CounterUnlockAll();
 }
+
+/* Forget every entry of a database that is gone (the launcher noticed). */
+void
+CounterBufForgetDatabase(Oid dbid)
+{
+	HASH_SEQ_STATUS status;
+	CounterBufEntry *entry;
+
+	if (!CounterShmemReady())
+		return;
+	CounterLockAll(LW_EXCLUSIVE);
+	hash_seq_init(&status, buffer_hash);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
+		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+	}
+	CounterUnlockAll();
+}

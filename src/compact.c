@@ -165,9 +165,6 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 				break;
 		}
 	}
-	SpinLockAcquire(&counter_shared->mutex);
-	counter_shared->compacted_rows += total;
-	SpinLockRelease(&counter_shared->mutex);
 	return total;
 }
 

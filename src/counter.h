@@ -20,6 +20,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "port/atomics.h"
+#include <signal.h>
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -155,34 +156,82 @@ typedef struct CounterRedisStatus
 	char		last_error[200];
 } CounterRedisStatus;
 
-typedef struct CounterShared
+/* The background processes a served database has. */
+typedef enum CounterRole
 {
-	LWLock	   *partition_locks[COUNTER_PARTITIONS];
-	LWLock	   *stats_lock;
-	pg_atomic_uint32 nentries;
+	COUNTER_ROLE_INGEST,		/* folds, drains sources, answers flush() */
+	COUNTER_ROLE_MAINTENANCE,	/* compaction, rollups, purge, ranking */
+	COUNTER_ROLES
+} CounterRole;
+
+/* One background process's status, written by itself under the mutex. */
+typedef struct CounterProcStatus
+{
+	pid_t		pid;			/* 0: not running */
+	Latch	   *latch;
+	char		state[64];
+	TimestampTz started_at;
+	TimestampTz round_at;		/* end of the last round */
+	double		round_ms;		/* its duration */
+	int64		rounds;
+	int64		items;			/* amounts folded and drained; rows compacted and keys ranked */
+	int64		errors;
+	TimestampTz error_at;
+	char		error[256];
+} CounterProcStatus;
+
+/* Where a database stands with the launcher. */
+typedef enum CounterDbState
+{
+	COUNTER_DB_FREE,			/* slot unused */
+	COUNTER_DB_WANTED,			/* to be served: its ingest process is due */
+	COUNTER_DB_STARTING,		/* ingest process started, looking for the extension */
+	COUNTER_DB_SERVED,			/* the extension is there; both processes run */
+	COUNTER_DB_IDLE,			/* the extension is not installed there */
+	COUNTER_DB_UNSERVED,		/* no process for it: over budget or no worker slot */
+	COUNTER_DB_PAUSED			/* a CREATE/ALTER/DROP DATABASE needs it alone */
+} CounterDbState;
+
+#define COUNTER_MAX_DATABASES 64
+
+/* One database's slot: its state, processes, fold requests and Redis status. */
+typedef struct CounterDbSlot
+{
+	Oid			dbid;
+	CounterDbState state;
+	TimestampTz state_at;
+	TimestampTz paused_until;
+	char		why[128];		/* why it is idle or unserved */
+	bool		recheck;		/* asked for while starting: look again if idle */
+	CounterProcStatus proc[COUNTER_ROLES];
 	pg_atomic_uint64 fold_requested;	/* flush() requests, a generation */
 	pg_atomic_uint64 fold_done;	/* generation the last finished fold served */
 	ConditionVariable fold_cv;
-	TimestampTz started_at;
-
-	/* worker status, under mutex */
-	slock_t		mutex;
-	pid_t		worker_pid;
-	Latch	   *worker_latch;
-	char		worker_state[32];
-	TimestampTz last_loop;
 	TimestampTz last_fold;
 	double		last_fold_ms;
 	int64		folds;
 	int64		folded_deltas;
 	int64		compacted_rows;
-	int64		errors;
-	TimestampTz last_error_at;
-	char		last_error[256];
-
-	/* Redis drain status, under mutex (redis.c) */
 	int			redis_nmasters;
 	CounterRedisStatus redis[COUNTER_REDIS_MAX_MASTERS];
+} CounterDbSlot;
+
+/*
+ * The extension's shared state.  mutex guards the launcher's fields and
+ * every slot's fields but the atomics and the condition variable; a slot's
+ * process writes its own status, the launcher its state.
+ */
+typedef struct CounterShared
+{
+	LWLock	   *partition_locks[COUNTER_PARTITIONS];
+	LWLock	   *stats_lock;
+	pg_atomic_uint32 nentries;
+	TimestampTz started_at;
+
+	slock_t		mutex;
+	Latch	   *launcher_latch;
+	CounterProcStatus launcher;
+	CounterDbSlot dbs[COUNTER_MAX_DATABASES];
 } CounterShared;
 
 typedef void (*CounterDrainCallback) (void *arg, int32 counter_id, int64 key,
@@ -195,6 +244,7 @@ extern int	counter_flush_interval;
 extern int	counter_compact_interval;
 extern int	counter_rank_interval;
 extern char *counter_database;
+extern int	counter_max_databases;
 extern char *counter_redis_url;
 extern char *counter_redis_password;
 extern char *counter_redis_password_file;
@@ -227,9 +277,16 @@ extern bool CounterShmemReady(void);
 extern void CounterRequireShmem(const char *what);
 extern bool CounterBufferingHere(void);
 extern void CounterRequireBufferingHere(void);
+extern CounterDbSlot *CounterSlotFor(Oid dbid);
+extern CounterDbSlot *CounterSlotRequest(Oid dbid);
+extern CounterDbSlot *CounterMySlot(void);
+extern CounterDbState CounterSlotState(CounterDbSlot *slot, Oid dbid);
+extern void CounterWakeLauncher(void);
+extern const char *CounterDbStateName(CounterDbState state);
 extern CounterStatsEntry *CounterStatsFor(int32 counter_id);
 extern void CounterStatsIds(int32 **ids, int *n, int *cap);
 extern void CounterStatsForget(int32 counter_id);
+extern void CounterStatsForgetDatabase(Oid dbid);
 
 /* buffer.c */
 extern void CounterBufferInit(void);
@@ -252,6 +309,7 @@ extern void CounterBufUndrain(TransactionId xid);
 extern int	CounterBufEvict(int64 keep_cache_us);
 extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);
 extern void CounterBufForget(int32 counter_id);
+extern void CounterBufForgetDatabase(Oid dbid);
 
 /* tally.c */
 extern int16 CounterSlot(const CounterDef *def);
@@ -284,8 +342,26 @@ extern int64 CounterPurgeLimits(TimestampTz now, int limit);
 /* compact.c */
 extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds);
 
-/* worker.c */
-extern void CounterWorkerInit(void);
+/* source_apply.c: what the ingest process hooks into every source */
+extern void (*counter_source_yield_hook) (void);
+extern void CounterSourceYield(void);
+
+/* worker.c: what every background process shares */
+extern volatile sig_atomic_t counter_shutdown_requested;
+extern void CounterWorkerSignals(void);
+extern bool CounterProcAttach(CounterDbSlot *slot, CounterRole role);
+extern void CounterProcState(const char *state);
+extern void CounterProcRound(TimestampTz start, int64 items);
+extern void CounterProcError(const char *what, const char *message);
+extern void CounterReportFailure(const char *what, MemoryContext cxt);
+extern bool CounterInstalledHere(void);
+extern bool CounterInstalledNow(void);
+extern void CounterReloadIfAsked(void);
+extern bool CounterGuardedStep(const char *what, void (*step) (void));
+extern void CounterMarkIdle(CounterDbSlot *slot);
+
+/* launcher.c */
+extern void CounterLauncherInit(void);
 
 /* redis.c, redis_conn.c: the Redis source as the worker sees it */
 extern void CounterRedisRound(void);

@@ -92,6 +92,7 @@ typedef struct CounterRedisItem
 } CounterRedisItem;
 
 /* redis_conn.c */
+extern CounterDbSlot *CounterRedisStatusSlot(void);
 extern bool CounterRedisCheckConfig(void);
 extern int	CounterRedisSeedCount(void);
 extern CounterRedisTarget *CounterRedisTargets(int *n);

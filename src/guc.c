@@ -13,6 +13,7 @@ int			counter_flush_interval = 1000;
 int			counter_compact_interval = 10000;
 int			counter_rank_interval = 30000;
 char	   *counter_database = NULL;
+int			counter_max_databases = 3;
 char	   *counter_redis_url = NULL;
 char	   *counter_redis_password = NULL;
 char	   *counter_redis_password_file = NULL;
@@ -74,12 +75,20 @@ CounterGucInit(void)
 								NULL, NULL, NULL);
 
 		DefineCustomStringVariable("counter.database",
-								   "Database the counter worker connects to.",
-								   NULL,
+								   "No longer used: every database with the extension is served.",
+								   "Kept so that configurations written for 0.1 still load.",
 								   &counter_database,
-								   "postgres",
-								   PGC_POSTMASTER, 0,
+								   "",
+								   PGC_POSTMASTER, GUC_NO_SHOW_ALL,
 								   NULL, NULL, NULL);
+
+		DefineCustomIntVariable("counter.max_databases",
+								"Databases with the extension that get background processes.",
+								"Each served database has an ingest and a maintenance process; beyond this many, a database is not served (buffered mode and Redis ingestion are unavailable there).",
+								&counter_max_databases,
+								3, 1, COUNTER_MAX_DATABASES,
+								PGC_SIGHUP, 0,
+								NULL, NULL, NULL);
 	}
 
 	DefineCustomStringVariable("counter.redis_url",

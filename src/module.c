@@ -2,8 +2,9 @@
  * module.c
  *		Module entry point: the magic block and _PG_init, which only hands
  *		each concern its own initialisation.  Loaded through
- *		shared_preload_libraries it also sets up shared memory and the worker;
- *		loaded on demand, everything but buffered mode and the worker works.
+ *		shared_preload_libraries it also sets up shared memory and the
+ *		launcher of the background processes; loaded on demand, everything
+ *		but buffered mode and the background processes works.
  */
 #include "counter.h"
 
@@ -20,5 +21,5 @@ _PG_init(void)
 	CounterBufferInit();
 	CounterCatalogInit();
 	CounterBufferedInit();
-	CounterWorkerInit();
+	CounterLauncherInit();
 }

@@ -90,12 +90,7 @@ CounterRedisCaught(CounterRedisTarget *t, MemoryContext cxt, const char *what)
 		t->need_recovery = true;
 		CounterRedisError(t, msg);
 	}
-	SpinLockAcquire(&counter_shared->mutex);
-	counter_shared->errors++;
-	counter_shared->last_error_at = GetCurrentTimestamp();
-	snprintf(counter_shared->last_error, sizeof(counter_shared->last_error),
-			 "redis %s", msg);
-	SpinLockRelease(&counter_shared->mutex);
+	CounterProcError("redis", msg);
 	FreeErrorData(edata);
 }
 
@@ -106,6 +101,7 @@ CounterRedisTargetRound(CounterRedisTarget *t, const CounterRedisCounter *counte
 {
 	bool		more = false;
 	int			i = CounterRedisTargetIndex(t);
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	if (t->ctx == NULL)
 	{
@@ -122,10 +118,10 @@ CounterRedisTargetRound(CounterRedisTarget *t, const CounterRedisCounter *counte
 		!CounterRedisDrainStream(t, deadline, &more))
 		return;
 	SpinLockAcquire(&counter_shared->mutex);
-	if (i < counter_shared->redis_nmasters)
+	if (i < rs->redis_nmasters)
 	{
-		counter_shared->redis[i].connected = true;
-		counter_shared->redis[i].backlog_keys = t->backlog;
+		rs->redis[i].connected = true;
+		rs->redis[i].backlog_keys = t->backlog;
 	}
 	SpinLockRelease(&counter_shared->mutex);
 	if (more)
@@ -242,12 +238,16 @@ counter_redis_status(PG_FUNCTION_ARGS)
 	CounterRedisStatus st[COUNTER_REDIS_MAX_MASTERS];
 	int			n;
 	int			i;
+	CounterDbSlot *rs;
 
 	CounterRequireShmem("counter.redis_status()");
 	InitMaterializedSRF(fcinfo, 0);
+	rs = CounterMySlot();
+	if (rs == NULL)
+		return (Datum) 0;
 	SpinLockAcquire(&counter_shared->mutex);
-	n = counter_shared->redis_nmasters;
-	memcpy(st, counter_shared->redis, sizeof(CounterRedisStatus) * n);
+	n = rs->redis_nmasters;
+	memcpy(st, rs->redis, sizeof(CounterRedisStatus) * n);
 	SpinLockRelease(&counter_shared->mutex);
 	for (i = 0; i < n; i++)
 	{

@@ -76,6 +76,20 @@ CounterRedisSlot(const char *key, size_t len)
 	return CounterCrc16(key, len) & (COUNTER_REDIS_SLOTS - 1);
 }
 
+/*
+ * The database slot whose Redis status this process writes (looked up
+ * once, never under the spinlock that guards it).
+ */
+CounterDbSlot *
+CounterRedisStatusSlot(void)
+{
+	static CounterDbSlot *slot = NULL;
+
+	if (slot == NULL)
+		slot = CounterMySlot();
+	return slot;
+}
+
 /* The masters to drain now; the array may grow while a round connects. */
 CounterRedisTarget *
 CounterRedisTargets(int *n)
@@ -226,13 +240,14 @@ static void
 CounterRedisPublishTargets(void)
 {
 	int			i;
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	SpinLockAcquire(&counter_shared->mutex);
 	for (i = 0; i < ntargets; i++)
 	{
-		CounterRedisStatus *st = &counter_shared->redis[i];
+		CounterRedisStatus *st = &rs->redis[i];
 
-		if (i >= counter_shared->redis_nmasters ||
+		if (i >= rs->redis_nmasters ||
 			strcmp(st->url, targets[i].label) != 0)
 		{
 			memset(st, 0, sizeof(*st));
@@ -242,7 +257,7 @@ CounterRedisPublishTargets(void)
 		}
 		st->connected = (targets[i].ctx != NULL);
 	}
-	counter_shared->redis_nmasters = ntargets;
+	rs->redis_nmasters = ntargets;
 	SpinLockRelease(&counter_shared->mutex);
 }
 
@@ -356,14 +371,15 @@ void
 CounterRedisError(CounterRedisTarget *t, const char *msg)
 {
 	int			i = CounterRedisTargetIndex(t);
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	SpinLockAcquire(&counter_shared->mutex);
-	if (i < counter_shared->redis_nmasters)
+	if (i < rs->redis_nmasters)
 	{
-		strlcpy(counter_shared->redis[i].last_error, msg,
-				sizeof(counter_shared->redis[i].last_error));
-		counter_shared->redis[i].last_error_at = GetCurrentTimestamp();
-		counter_shared->redis[i].connected = (t->ctx != NULL);
+		strlcpy(rs->redis[i].last_error, msg,
+				sizeof(rs->redis[i].last_error));
+		rs->redis[i].last_error_at = GetCurrentTimestamp();
+		rs->redis[i].connected = (t->ctx != NULL);
 	}
 	SpinLockRelease(&counter_shared->mutex);
 }
@@ -605,6 +621,7 @@ CounterRedisConnect(CounterRedisTarget *t)
 	struct timeval tv;
 	char		password[256];
 	const char *err;
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	ctv.tv_sec = counter_redis_connect_timeout / 1000;
 	ctv.tv_usec = (counter_redis_connect_timeout % 1000) * 1000;
@@ -724,7 +741,7 @@ CounterRedisConnect(CounterRedisTarget *t)
 	t->need_recovery = true;
 	t->stream_pending = true;
 	SpinLockAcquire(&counter_shared->mutex);
-	counter_shared->redis[CounterRedisTargetIndex(t)].connected = true;
+	rs->redis[CounterRedisTargetIndex(t)].connected = true;
 	SpinLockRelease(&counter_shared->mutex);
 	return true;
 }
@@ -734,13 +751,14 @@ void
 CounterRedisNoteDrain(CounterRedisTarget *t, int64 items, int64 quarantined)
 {
 	int			i = CounterRedisTargetIndex(t);
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	SpinLockAcquire(&counter_shared->mutex);
-	if (i < counter_shared->redis_nmasters)
+	if (i < rs->redis_nmasters)
 	{
-		counter_shared->redis[i].last_drain = GetCurrentTimestamp();
-		counter_shared->redis[i].drained_deltas += items;
-		counter_shared->redis[i].quarantined += quarantined;
+		rs->redis[i].last_drain = GetCurrentTimestamp();
+		rs->redis[i].drained_deltas += items;
+		rs->redis[i].quarantined += quarantined;
 	}
 	SpinLockRelease(&counter_shared->mutex);
 }
@@ -750,10 +768,11 @@ void
 CounterRedisNoteStream(CounterRedisTarget *t, int64 lag)
 {
 	int			i = CounterRedisTargetIndex(t);
+	CounterDbSlot *rs = CounterRedisStatusSlot();
 
 	SpinLockAcquire(&counter_shared->mutex);
-	if (i < counter_shared->redis_nmasters)
-		counter_shared->redis[i].stream_lag = lag;
+	if (i < rs->redis_nmasters)
+		rs->redis[i].stream_lag = lag;
 	SpinLockRelease(&counter_shared->mutex);
 }
 

@@ -654,6 +654,7 @@ CounterRedisDrainKeys(CounterRedisTarget *t, const CounterRedisCounter *counters
 				if (!CounterRedisClaim(t, counters, ncounters, pending, npending))
 					return false;
 				npending = 0;
+				CounterSourceYield();
 				if (GetCurrentTimestamp() >= deadline || CounterRedisStopSoon())
 				{
 					*more = true;

@@ -551,6 +551,7 @@ CounterRedisDrainStream(CounterRedisTarget *t, TimestampTz deadline, bool *more)
 			CounterStreamApply(t, entries, n);
 			if (!CounterStreamAck(t, entries, n))
 				return false;
+			CounterSourceYield();
 		}
 		if (from_pending && n < counter_redis_batch_size)
 			t->stream_pending = false;

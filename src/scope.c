@@ -59,6 +59,8 @@ CounterLocateTables(void)
 		elog(ERROR, "cache lookup failed for relation %u", definition_relid);
 	tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
+	/* a database that uses the extension asks to be served */
+	(void) CounterMySlot();
 }
 
 /*

@@ -1,16 +1,22 @@
 /*
  * shmem.c
- *		Shared memory: the extension's shared state (worker status, fold
- *		requests, Redis status), the partition locks the buffer uses, and
- *		per-counter statistics.  The buffer itself is buffer.c's.
+ *		Shared memory: the extension's shared state (the launcher, one slot
+ *		per database with its processes' status, fold requests and Redis
+ *		status), the partition locks the buffer uses, and per-counter
+ *		statistics.  The buffer itself is buffer.c's.
  *
- * Statistics live in a small shared hash keyed by (database, counter id)
- * under stats_lock; the numbers are plain atomics.  The status fields are
- * guarded by counter_shared->mutex.
+ * Locking: counter_shared->mutex (a spinlock, held for a few instructions,
+ * never across a call that can fail) guards the launcher's fields and each
+ * slot's state and status; a slot's fold counters are atomics.  A slot
+ * belongs to one database while its state is not FREE; a backend that
+ * caches a slot pointer re-checks its dbid.  Statistics live in a small
+ * shared hash keyed by (database, counter id) under stats_lock; the numbers
+ * are plain atomics.
  */
 #include "counter.h"
 
 #include "access/transam.h"
+#include "access/xlog.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -71,10 +77,14 @@ CounterShmemStartup(void)
 		counter_shared->stats_lock = &locks[COUNTER_PARTITIONS].lock;
 		SpinLockInit(&counter_shared->mutex);
 		pg_atomic_init_u32(&counter_shared->nentries, 0);
-		pg_atomic_init_u64(&counter_shared->fold_requested, 0);
-		pg_atomic_init_u64(&counter_shared->fold_done, 0);
-		ConditionVariableInit(&counter_shared->fold_cv);
-		counter_shared->worker_pid = 0;
+		for (i = 0; i < COUNTER_MAX_DATABASES; i++)
+		{
+			CounterDbSlot *slot = &counter_shared->dbs[i];
+
+			pg_atomic_init_u64(&slot->fold_requested, 0);
+			pg_atomic_init_u64(&slot->fold_done, 0);
+			ConditionVariableInit(&slot->fold_cv);
+		}
 		counter_shared->started_at = GetCurrentTimestamp();
 	}
 
@@ -106,41 +116,189 @@ CounterShmemReady(void)
 	return counter_shared != NULL;
 }
 
+/* The name of a database state, for status lines. */
+const char *
+CounterDbStateName(CounterDbState state)
+{
+	switch (state)
+	{
+		case COUNTER_DB_FREE:
+			return "free";
+		case COUNTER_DB_WANTED:
+			return "waiting for the launcher";
+		case COUNTER_DB_STARTING:
+			return "starting";
+		case COUNTER_DB_SERVED:
+			return "served";
+		case COUNTER_DB_IDLE:
+			return "idle";
+		case COUNTER_DB_UNSERVED:
+			return "not served";
+		case COUNTER_DB_PAUSED:
+			return "paused";
+	}
+	return "?";
+}
+
+/* Set the launcher's latch: a database wants it, or a state changed. */
+void
+CounterWakeLauncher(void)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&counter_shared->mutex);
+	latch = counter_shared->launcher_latch;
+	SpinLockRelease(&counter_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+/* The slot of a database, or NULL if it has none. */
+CounterDbSlot *
+CounterSlotFor(Oid dbid)
+{
+	CounterDbSlot *found = NULL;
+	int			i;
+
+	if (!CounterShmemReady() || !OidIsValid(dbid))
+		return NULL;
+	SpinLockAcquire(&counter_shared->mutex);
+	for (i = 0; i < COUNTER_MAX_DATABASES; i++)
+		if (counter_shared->dbs[i].state != COUNTER_DB_FREE &&
+			counter_shared->dbs[i].dbid == dbid)
+		{
+			found = &counter_shared->dbs[i];
+			break;
+		}
+	SpinLockRelease(&counter_shared->mutex);
+	return found;
+}
+
 /*
- * Whether this database is the one the worker folds (counter.database):
- * only there can increments wait in the shared buffer.
+ * The slot of a database, made (WANTED, with the launcher woken) if it has
+ * none; NULL when every slot is taken.  A database that was found idle
+ * (no extension) is wanted again: someone just used the extension there.
+ */
+CounterDbSlot *
+CounterSlotRequest(Oid dbid)
+{
+	CounterDbSlot *slot = NULL;
+	CounterDbSlot *free_slot = NULL;
+	bool		wake = false;
+	int			i;
+
+	if (!CounterShmemReady() || !OidIsValid(dbid) || RecoveryInProgress())
+		return NULL;
+	SpinLockAcquire(&counter_shared->mutex);
+	for (i = 0; i < COUNTER_MAX_DATABASES; i++)
+	{
+		CounterDbSlot *s = &counter_shared->dbs[i];
+
+		if (s->state == COUNTER_DB_FREE)
+		{
+			if (free_slot == NULL)
+				free_slot = s;
+		}
+		else if (s->dbid == dbid)
+		{
+			slot = s;
+			break;
+		}
+	}
+	if (slot == NULL && free_slot != NULL)
+	{
+		slot = free_slot;
+		slot->dbid = dbid;
+		slot->recheck = false;
+		memset(slot->proc, 0, sizeof(slot->proc));
+		slot->why[0] = '\0';
+		slot->last_fold = 0;
+		slot->last_fold_ms = 0;
+		slot->folds = slot->folded_deltas = slot->compacted_rows = 0;
+		slot->redis_nmasters = 0;
+		slot->state = COUNTER_DB_WANTED;
+		slot->state_at = GetCurrentTimestamp();
+		wake = true;
+	}
+	else if (slot != NULL && slot->state == COUNTER_DB_IDLE)
+	{
+		slot->state = COUNTER_DB_WANTED;
+		slot->state_at = GetCurrentTimestamp();
+		wake = true;
+	}
+	else if (slot != NULL && slot->state == COUNTER_DB_STARTING)
+		slot->recheck = true;	/* its ingest process may have looked too early */
+	SpinLockRelease(&counter_shared->mutex);
+	if (wake)
+		CounterWakeLauncher();
+	return slot;
+}
+
+/* This database's slot, requested on first use; NULL without one. */
+CounterDbSlot *
+CounterMySlot(void)
+{
+	static CounterDbSlot *cached = NULL;
+
+	if (!CounterShmemReady())
+		return NULL;
+	if (cached != NULL && CounterSlotState(cached, MyDatabaseId) != COUNTER_DB_FREE)
+		return cached;
+	cached = CounterSlotRequest(MyDatabaseId);
+	return cached;
+}
+
+/* A slot's state if it (still) belongs to dbid, else FREE. */
+CounterDbState
+CounterSlotState(CounterDbSlot *slot, Oid dbid)
+{
+	CounterDbState state;
+
+	SpinLockAcquire(&counter_shared->mutex);
+	state = slot->dbid == dbid ? slot->state : COUNTER_DB_FREE;
+	SpinLockRelease(&counter_shared->mutex);
+	return state;
+}
+
+/*
+ * Whether increments of this database may wait in the shared buffer: only
+ * where an ingest process serves it (or is about to), which folds them.
  */
 bool
 CounterBufferingHere(void)
 {
-	static Oid	checked_db = InvalidOid;
-	static bool here = false;
+	CounterDbSlot *slot = CounterMySlot();
+	CounterDbState state;
 
-	if (!CounterShmemReady())
+	if (slot == NULL)
 		return false;
-	if (checked_db != MyDatabaseId)
-	{
-		char	   *name = get_database_name(MyDatabaseId);
-
-		here = name != NULL && counter_database != NULL &&
-			strcmp(name, counter_database) == 0;
-		checked_db = MyDatabaseId;
-	}
-	return here;
+	state = CounterSlotState(slot, MyDatabaseId);
+	return state == COUNTER_DB_WANTED || state == COUNTER_DB_STARTING ||
+		state == COUNTER_DB_SERVED;
 }
 
-/* Refuse buffered mode where no worker would fold it. */
+/* Refuse buffered mode where no ingest process would fold it. */
 void
 CounterRequireBufferingHere(void)
 {
+	CounterDbSlot *slot;
+	char		why[128] = "";
+
 	CounterRequireShmem("buffered mode");
-	if (!CounterBufferingHere())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("buffered counters can only be used in database \"%s\"",
-						counter_database),
-				 errdetail("The counter worker folds the shared buffer into the database named by counter.database."),
-				 errhint("Use mode 'sharded' here, or set counter.database and restart the server.")));
+	if (CounterBufferingHere())
+		return;
+	slot = CounterMySlot();
+	if (slot)
+	{
+		SpinLockAcquire(&counter_shared->mutex);
+		strlcpy(why, slot->why, sizeof(why));
+		SpinLockRelease(&counter_shared->mutex);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("no counter ingest process serves this database"),
+			 errdetail("%s", why[0] ? why : "Every database slot of the counter launcher is taken."),
+			 errhint("Use mode 'sharded' here, or raise counter.max_databases (and max_worker_processes); counter.worker_status() shows what is served.")));
 }
 
 /* Refuse, with a hint, a feature that needs shared_preload_libraries. */
@@ -226,5 +384,22 @@ CounterStatsForget(int32 counter_id)
 	k.counter_id = counter_id;
 	LWLockAcquire(counter_shared->stats_lock, LW_EXCLUSIVE);
 	hash_search(stats_hash, &k, HASH_REMOVE, NULL);
+	LWLockRelease(counter_shared->stats_lock);
+}
+
+/* Forget the statistics of a database that is gone. */
+void
+CounterStatsForgetDatabase(Oid dbid)
+{
+	HASH_SEQ_STATUS status;
+	CounterStatsEntry *e;
+
+	if (!CounterShmemReady())
+		return;
+	LWLockAcquire(counter_shared->stats_lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, stats_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (e->key.dbid == dbid)
+			hash_search(stats_hash, &e->key, HASH_REMOVE, NULL);
 	LWLockRelease(counter_shared->stats_lock);
 }

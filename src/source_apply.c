@@ -57,6 +57,17 @@ CounterRedisSafeText(const char *s, size_t len, size_t max)
 	return buf.data;
 }
 
+/* Called between two source batches: the ingest process folds there. */
+void		(*counter_source_yield_hook) (void) = NULL;
+
+/* Between two batches of a source, outside any transaction. */
+void
+CounterSourceYield(void)
+{
+	if (counter_source_yield_hook)
+		counter_source_yield_hook();
+}
+
 /* Where to return after a drain transaction: the caller's context. */
 static MemoryContext txn_return_cxt = NULL;
 

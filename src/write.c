@@ -8,6 +8,7 @@
 
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "storage/backendid.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -103,6 +104,7 @@ counter_incr(PG_FUNCTION_ARGS)
 	text	   *event = NULL;
 	text	   *actor = NULL;
 
+	PreventCommandIfReadOnly("counter.incr()");
 	CounterNotNull(fcinfo, 0, "counter");
 	CounterNotNull(fcinfo, 1, "key");
 	CounterNotNull(fcinfo, 2, "delta");
@@ -199,6 +201,7 @@ counter_incr_many(PG_FUNCTION_ARGS)
 	int			i;
 	TimestampTz bucket;
 
+	PreventCommandIfReadOnly("counter.incr_many()");
 	CounterNotNull(fcinfo, 0, "counter");
 	CounterNotNull(fcinfo, 1, "keys");
 	CounterGetById(PG_GETARG_INT32(0), &def);

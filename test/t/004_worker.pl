@@ -1,6 +1,8 @@
-# The background worker: folding, reload on SIGHUP, SIGTERM, restart after
-# kill -9, idling without the extension, compaction, buffer-full fallback,
-# and what works without shared_preload_libraries.
+# The background processes: the launcher, and a database's ingest process
+# (folding, reload on SIGHUP, SIGTERM, restart after kill -9) and
+# maintenance process (compaction); nothing runs in a database without the
+# extension; buffer-full fallback; what works without
+# shared_preload_libraries.
 use strict;
 use warnings;
 
@@ -22,15 +24,18 @@ restart_after_crash = on
 });
 $node->start;
 
-# Without the extension the worker waits quietly.
+# Without the extension only the launcher runs, quietly.
 my $worker_pid = sub {
 	$node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'counter worker'");
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'counter ingest'");
 };
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker'"),
-	'worker runs, shown as "counter worker" in pg_stat_activity');
-usleep(1_500_000);
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter launcher'"),
+	'the launcher runs, shown as "counter launcher" in pg_stat_activity');
+usleep(2_500_000);
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('counter ingest', 'counter maintenance')"),
+	'0', 'no process stays in a database without the extension');
 unlike(slurp_file($node->logfile), qr/ERROR|FATAL/,
 	'no errors while the extension is not installed');
 
@@ -38,6 +43,9 @@ $node->safe_psql('postgres', q{
 	CREATE EXTENSION counter;
 	SELECT counter.create('buf', mode => 'buffered');
 });
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type IN ('counter ingest', 'counter maintenance') AND datname = 'postgres'"),
+	'CREATE EXTENSION brings an ingest and a maintenance process to the database');
 
 # Folding without being asked.
 $node->safe_psql('postgres', "SELECT counter.incr('buf', 1, 7)");
@@ -63,21 +71,21 @@ ok($node->poll_query_until('postgres',
 	"SELECT coalesce(sum(value), 0) = 5 FROM counter.tally WHERE key = 2"),
 	'after reload with 100ms the worker folds again');
 
-# SIGTERM: the worker folds, exits promptly and is started again.
+# SIGTERM: the ingest process folds, exits promptly and is started again.
 $node->safe_psql('postgres', "SELECT counter.incr('buf', 3, 11)");
 my $pid = $worker_pid->();
 my $t0 = time;
 kill 'TERM', $pid;
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"), 'worker exits on SIGTERM');
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $pid"), 'ingest process exits on SIGTERM');
 cmp_ok(time - $t0, '<', 3, 'and does so promptly');
 is($node->safe_psql('postgres', "SELECT coalesce(sum(value), 0) FROM counter.tally WHERE key = 3"),
 	'11', 'it folded what was buffered on its way out');
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker' AND pid <> $pid"),
-	'postmaster starts the worker again');
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter ingest' AND pid <> $pid"),
+	'the launcher starts it again');
 
-# kill -9 of the worker: a crash restart; direct and sharded lose nothing.
+# kill -9 of the ingest process: a crash restart; direct and sharded lose nothing.
 $node->safe_psql('postgres', q{
 	SELECT counter.create('dur');
 	SELECT counter.incr('dur', 1, 100);
@@ -86,10 +94,10 @@ $pid = $worker_pid->();
 kill 'KILL', $pid;
 $node->poll_query_until('postgres', 'SELECT true') or die 'no recovery';
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter worker'"),
-	'worker back after kill -9');
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter ingest'"),
+	'ingest process back after kill -9');
 is($node->safe_psql('postgres', "SELECT counter.get('dur', 1)"), '100',
-	'sharded count survives a kill -9 of the worker');
+	'sharded count survives a kill -9 of the ingest process');
 is($node->safe_psql('postgres', "SELECT counter.get('buf', 1) + counter.get('buf', 2) + counter.get('buf', 3)"),
 	'23', 'folded buffered counts survive it too');
 
@@ -114,8 +122,8 @@ ok($node->poll_query_until('postgres',
 	'old minutes rolled up into hours');
 is($node->safe_psql('postgres', "SELECT counter.get('busy', 1)"), '400', 'total unchanged by compaction');
 cmp_ok($node->safe_psql('postgres', q{
-	SELECT (SELECT compacted_rows FROM counter.worker_status())}), '>', 0,
-	'worker_status counts compacted rows');
+	SELECT items FROM counter.worker_status() WHERE role = 'maintenance' AND database = 'postgres'}), '>', 0,
+	'worker_status counts the rows the maintenance process compacted');
 
 # A full buffer: increments of new keys take the durable path, none is lost.
 $node->append_conf('postgresql.conf', "counter.buffer_keys = 64\n");
@@ -128,7 +136,7 @@ is($node->safe_psql('postgres',
 	'1000', 'all 1000 increments of 500 keys counted with a 64-key buffer');
 cmp_ok($node->safe_psql('postgres', "SELECT fallback FROM counter.stats WHERE name = 'many'"),
 	'>', 0, 'stats show the durable fallback');
-cmp_ok($node->safe_psql('postgres', "SELECT buffer_keys FROM counter.worker_status()"),
+cmp_ok($node->safe_psql('postgres', "SELECT entries FROM counter.buffer_usage()"),
 	'<=', 64, 'buffer stays within counter.buffer_keys');
 $node->stop;
 

@@ -48,7 +48,7 @@ $node->safe_psql('postgres', "SELECT counter.incr('fa1', 1, 1, at => $at) FROM g
 $node->safe_psql('postgres', "SELECT counter.incr('fa2', 2, 1, at => $at) FROM generate_series(1, 21)");
 $node->safe_psql('postgres', "SELECT counter.incr('fa1', 3, 30, at => $at)");
 ok($node->poll_query_until('postgres',
-	"SELECT last_error LIKE 'fold:%lock timeout%' FROM counter.worker_status()"),
+	"SELECT last_error LIKE 'fold:%lock timeout%' FROM counter.worker_status() WHERE role = 'ingest' AND database = 'postgres'"),
 	'a fold fails on the held row (lock timeout)');
 is($node->safe_psql('postgres', "SELECT counter.get('fa1', 1) || '/' || counter.get('fa2', 2) || '/' || counter.get('fa1', 3)"),
 	'11/21/30', 'reads stay exact while folds fail');

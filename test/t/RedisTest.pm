@@ -121,7 +121,6 @@ sub redis_node
 	$node->init;
 	$node->append_conf('postgresql.conf', join("\n",
 		"shared_preload_libraries = 'counter'",
-		"counter.database = 'postgres'",
 		"counter.redis_url = '$url'",
 		"counter.redis_poll_interval = '100ms'",
 		"counter.flush_interval = '100ms'",
@@ -158,7 +157,7 @@ sub worker_pid
 {
 	my ($node) = @_;
 	my ($ret, $out) = $node->psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'counter worker'");
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'counter ingest' AND datname = current_database()");
 	return $ret == 0 ? $out : '';
 }
 
