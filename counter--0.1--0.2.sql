@@ -199,3 +199,183 @@ COMMENT ON VIEW @extschema@.stats IS
 
 REVOKE ALL ON @extschema@.stats FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.worker_status(), @extschema@.buffer_usage() FROM PUBLIC;
+
+-- Ranking in C, proportional to what changed ----------------------------------
+-- Per key the ranking keeps its total, its count in each trend span, its
+-- trend, and its decayed mass as (dsign, dlog); a refresh recomputes only
+-- the keys whose rows changed or crossed a span's edge (src/rank.c).
+
+DROP FUNCTION @extschema@.refresh_ranking_one(@extschema@.definition, timestamptz, boolean);
+DROP FUNCTION @extschema@.ranking_mass(@extschema@.definition, timestamptz, timestamptz, boolean);
+DROP FUNCTION @extschema@.log2_add_mass(float8, float8, float8);
+DROP FUNCTION @extschema@.log2_add(float8, float8, float8);
+
+TRUNCATE @extschema@.ranking, @extschema@.ranking_state;
+DROP INDEX @extschema@.ranking_decayed;
+ALTER TABLE @extschema@.ranking
+	DROP COLUMN total_settled,
+	DROP COLUMN dlog_settled,
+	ADD COLUMN windows bigint[] NOT NULL DEFAULT '{}',
+	ADD COLUMN dsign smallint NOT NULL DEFAULT 0;
+CREATE INDEX ranking_decayed ON @extschema@.ranking (counter_id, dsign DESC, dlog DESC);
+COMMENT ON TABLE @extschema@.ranking IS
+	'per key, as of its last refresh: total, count per trend span, trend score, and the decayed mass as (dsign, dlog); top() reads it';
+ALTER TABLE @extschema@.ranking_state
+	DROP COLUMN settled_until,
+	DROP COLUMN full_at,
+	ADD COLUMN epoch bigint,
+	ADD COLUMN active_until timestamptz,
+	ADD COLUMN spans interval[],
+	ADD COLUMN weights float8[],
+	ADD COLUMN half_life interval;
+COMMENT ON TABLE @extschema@.ranking_state IS
+	'per counter: when its ranking was refreshed, under which epoch of changed keys and settings, and until when its rows can still cross a window edge';
+
+CREATE OR REPLACE FUNCTION @extschema@.refresh_ranking(
+	counter @extschema@.counter DEFAULT NULL,
+	now timestamptz DEFAULT NULL,
+	"full" boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'counter_refresh_ranking' LANGUAGE C VOLATILE;
+
+CREATE FUNCTION @extschema@.decayed_value(dsign smallint, dlog float8, half_life interval, at timestamptz)
+RETURNS float8
+AS 'MODULE_PATHNAME', 'counter_decayed_value' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.decayed_value(smallint, float8, interval, timestamptz) IS
+	'a ranked decayed mass as a score at a time; zero where it underflows';
+
+CREATE FUNCTION @extschema@.rank_exact(counter @extschema@.counter, now timestamptz DEFAULT NULL,
+	OUT key bigint, OUT total bigint, OUT trend float8, OUT decayed float8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_rank_exact' LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@.rank_exact(@extschema@.counter, timestamptz) IS
+	'every key''s total, trend and decayed score computed from the tallies as of now';
+
+CREATE OR REPLACE FUNCTION @extschema@.trend_score(counter @extschema@.counter, key text,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+AS 'MODULE_PATHNAME', 'counter_trend_score' LANGUAGE C STABLE;
+CREATE OR REPLACE FUNCTION @extschema@.trend_score(counter @extschema@.counter, key bigint,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+AS 'MODULE_PATHNAME', 'counter_trend_score' LANGUAGE C STABLE;
+CREATE OR REPLACE FUNCTION @extschema@.decayed_score(counter @extschema@.counter, key text,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+AS 'MODULE_PATHNAME', 'counter_decayed_score' LANGUAGE C STABLE;
+CREATE OR REPLACE FUNCTION @extschema@.decayed_score(counter @extschema@.counter, key bigint,
+	now timestamptz DEFAULT NULL)
+RETURNS float8
+AS 'MODULE_PATHNAME', 'counter_decayed_score' LANGUAGE C STABLE;
+
+CREATE OR REPLACE FUNCTION @extschema@.top(
+	counter @extschema@.counter,
+	n integer DEFAULT 10,
+	by text DEFAULT 'trend',
+	now timestamptz DEFAULT NULL)
+RETURNS TABLE (key bigint, value float8, rank bigint, key_text text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d @extschema@.definition;
+	span interval;
+	t timestamptz := coalesce(now, pg_catalog.now());
+BEGIN
+	IF counter IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'counter must not be null';
+	END IF;
+	SELECT * INTO d FROM @extschema@.definition WHERE id = @extschema@.id(counter);
+	IF n IS NULL OR n < 1 OR n > 10000 THEN
+		RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'n must be between 1 and 10000';
+	END IF;
+	IF by IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'by must not be null';
+	END IF;
+	IF NOT isfinite(t) THEN
+		RAISE EXCEPTION USING ERRCODE = '22008', MESSAGE = 'now must be a finite timestamp';
+	END IF;
+	IF by NOT IN ('trend', 'decayed', 'total') THEN
+		BEGIN
+			span := by::interval;
+		EXCEPTION WHEN others THEN
+			RAISE EXCEPTION USING ERRCODE = '22023',
+				MESSAGE = format('invalid ranking "%s"', by),
+				HINT = 'Rank by ''trend'', ''decayed'', ''total'' or an interval such as ''1 hour''.';
+		END;
+		IF span <= interval '0' THEN
+			RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'the ranking window must be positive';
+		END IF;
+	END IF;
+
+	IF now IS NULL AND span IS NULL THEN
+		-- the maintained ranking: an index scan, at most counter.rank_interval stale
+		RETURN QUERY
+		SELECT r.key, r.v, pg_catalog.rank() OVER (ORDER BY r.v DESC), m.name
+		FROM (
+			SELECT rk.key, rk.total::float8 AS v
+			FROM @extschema@.ranking rk
+			WHERE rk.counter_id = d.id AND by = 'total'
+			ORDER BY rk.total DESC, rk.key LIMIT n
+		) r
+		LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+		WHERE by = 'total'
+		UNION ALL
+		SELECT r.key, r.v, pg_catalog.rank() OVER (ORDER BY r.v DESC), m.name
+		FROM (
+			SELECT rk.key, rk.trend AS v
+			FROM @extschema@.ranking rk
+			WHERE rk.counter_id = d.id AND by = 'trend'
+			ORDER BY rk.trend DESC, rk.key LIMIT n
+		) r
+		LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+		WHERE by = 'trend'
+		UNION ALL
+		SELECT r.key, @extschema@.decayed_value(r.dsign, r.dlog, d.half_life, t),
+			pg_catalog.rank() OVER (ORDER BY r.dsign DESC, r.dlog DESC), m.name
+		FROM (
+			SELECT rk.key, rk.dsign, rk.dlog
+			FROM @extschema@.ranking rk
+			WHERE rk.counter_id = d.id AND by = 'decayed'
+			ORDER BY rk.dsign DESC, rk.dlog DESC, rk.key LIMIT n
+		) r
+		LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+		WHERE by = 'decayed'
+		ORDER BY 3, 1;
+		RETURN;
+	END IF;
+
+	IF span IS NOT NULL THEN
+		-- the count in [now - span, now), from the tallies (a day is 24 hours)
+		RETURN QUERY
+		SELECT r.key, r.v, pg_catalog.rank() OVER (ORDER BY r.v DESC), m.name
+		FROM (
+			SELECT tl.key, sum(tl.value)::float8 AS v
+			FROM @extschema@.tally tl
+			WHERE tl.counter_id = d.id
+			  AND tl.bucket >= t - extract(epoch FROM span) * interval '1 second' AND tl.bucket < t
+			GROUP BY tl.key
+		) r
+		LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+		WHERE r.v <> 0
+		ORDER BY r.v DESC, r.key
+		LIMIT n;
+		RETURN;
+	END IF;
+
+	-- exact, from every row of the counter as of now
+	RETURN QUERY
+	SELECT r.key, r.v, pg_catalog.rank() OVER (ORDER BY r.v DESC), m.name
+	FROM (
+		SELECT e.key, CASE by WHEN 'total' THEN e.total::float8 WHEN 'trend' THEN e.trend
+			ELSE e.decayed END AS v
+		FROM @extschema@.rank_exact(counter, t) e
+	) r
+	LEFT JOIN @extschema@.text_key m ON m.counter_id = d.id AND m.id = r.key AND d.key_type = 'text'
+	ORDER BY r.v DESC, r.key
+	LIMIT n;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION @extschema@.rank_exact(@extschema@.counter, timestamptz) FROM PUBLIC;
+
+-- Build every ranking now, under the new rules.
+SELECT @extschema@.refresh_ranking("full" => true) >= 0 AS rebuilt;

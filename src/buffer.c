@@ -309,50 +309,83 @@ CounterInflightUnseen(TransactionId xid, Snapshot snapshot)
 }
 
 /*
- * Sum what the buffer holds for (counter, key) in buckets [from, to), as
- * seen from snapshot: pending, plus inflight that the snapshot cannot see in
- * the tables yet.
+ * What the buffer holds for (counter, key), per minute slot, as seen from
+ * snapshot: pending, plus inflight that the snapshot cannot see in the
+ * tables yet.  Fills up to COUNTER_BUF_SLOTS (bucket, amount) pairs with a
+ * nonzero amount and returns how many.
  */
-int64
-CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
-				  TimestampTz to, Snapshot snapshot)
+int
+CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot,
+					   TimestampTz *buckets, int64 *amounts)
 {
 	LWLock	   *lock;
 	bool		is_new;
 	CounterBufEntry *entry;
-	int64		sum = 0;
-	int64		inflight = 0;
+	TimestampTz b[COUNTER_BUF_SLOTS];
+	int64		pending[COUNTER_BUF_SLOTS];
+	int64		inflight[COUNTER_BUF_SLOTS];
 	TransactionId xid = InvalidTransactionId;
+	bool		unseen;
+	int			n = 0;
 	int			i;
 
 	if (!CounterShmemReady())
 		return 0;
 	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
-	if (entry)
+	if (entry == NULL)
+	{
+		LWLockRelease(lock);
+		return 0;
+	}
 	{
 		uint32		before;
 
 		do
 		{
 			before = CounterEntryReadBegin(entry);
-			sum = 0;
-			inflight = 0;
 			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
 			{
 				volatile CounterBufSlot *s = &entry->slots[i];
 
-				if (s->bucket < from || s->bucket >= to)
-					continue;
-				sum += s->pending;
-				inflight += s->inflight;
+				b[i] = s->bucket;
+				pending[i] = s->pending;
+				inflight[i] = s->inflight;
 			}
 			xid = entry->fold_xid;
 		} while (!CounterEntryReadEnd(entry, before));
 	}
 	LWLockRelease(lock);
 
-	if (inflight != 0 && CounterInflightUnseen(xid, snapshot))
-		sum += inflight;
+	unseen = CounterInflightUnseen(xid, snapshot);
+	for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+	{
+		int64		amount = pending[i] + (unseen ? inflight[i] : 0);
+
+		if (amount == 0)
+			continue;
+		buckets[n] = b[i];
+		amounts[n++] = amount;
+	}
+	return n;
+}
+
+/*
+ * Sum what the buffer holds for (counter, key) in buckets [from, to), as
+ * seen from snapshot (see CounterBufPendingSlots).
+ */
+int64
+CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
+				  TimestampTz to, Snapshot snapshot)
+{
+	TimestampTz buckets[COUNTER_BUF_SLOTS];
+	int64		amounts[COUNTER_BUF_SLOTS];
+	int64		sum = 0;
+	int			n = CounterBufPendingSlots(counter_id, key, snapshot, buckets, amounts);
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (buckets[i] >= from && buckets[i] < to)
+			sum += amounts[i];
 	return sum;
 }
 

@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 typedef struct LocalKey
 {
@@ -155,6 +156,28 @@ CounterBufferedIncr(const CounterDef *def, int64 key, int64 delta,
 	return true;
 }
 
+/* Add an amount at bucket to (buckets, amounts) if it lies in [from, to). */
+static int
+CounterPendingAdd(TimestampTz *buckets, int64 *amounts, int n, int max,
+				  TimestampTz bucket, int64 amount, TimestampTz from, TimestampTz to)
+{
+	int			i;
+
+	if (amount == 0 || bucket < from || bucket >= to)
+		return n;
+	for (i = 0; i < n; i++)
+		if (buckets[i] == bucket)
+		{
+			amounts[i] += amount;
+			return n;
+		}
+	if (n == max)
+		elog(ERROR, "more pending buckets of one key than expected");
+	buckets[n] = bucket;
+	amounts[n] = amount;
+	return n + 1;
+}
+
 /*
  * This transaction's own buffered, uncommitted increments of (counter, key)
  * in buckets [from, to), so a session reads its own writes.
@@ -174,6 +197,40 @@ CounterLocalPending(int32 counter_id, int64 key, TimestampTz from, TimestampTz t
 			rec->k.bucket >= from && rec->k.bucket < to)
 			sum += rec->delta;
 	return sum;
+}
+
+/*
+ * Everything not in the tables yet for (counter, key) in buckets [from,
+ * to), per bucket: the shared buffer's amounts as this statement's
+ * snapshot sees them, and this transaction's own buffered increments.
+ * Fills at most max (bucket, amount) pairs, amounts of one bucket summed;
+ * returns how many.  (A key holds at most COUNTER_BUF_SLOTS buckets in the
+ * buffer, and a transaction reserves no others.)
+ */
+int
+CounterPendingBuckets(int32 counter_id, int64 key, TimestampTz from, TimestampTz to,
+					  TimestampTz *buckets, int64 *amounts, int max)
+{
+	TimestampTz sb[COUNTER_BUF_SLOTS];
+	int64		sa[COUNTER_BUF_SLOTS];
+	int			ns = CounterBufPendingSlots(counter_id, key, GetActiveSnapshot(), sb, sa);
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < ns; i++)
+		n = CounterPendingAdd(buckets, amounts, n, max, sb[i], sa[i], from, to);
+	if (CounterLocalCount(local_recs) > 0)
+	{
+		HASH_SEQ_STATUS status;
+		LocalRec   *rec;
+
+		hash_seq_init(&status, local_recs);
+		while ((rec = hash_seq_search(&status)) != NULL)
+			if (rec->k.counter_id == counter_id && rec->k.key == key)
+				n = CounterPendingAdd(buckets, amounts, n, max, rec->k.bucket,
+									  rec->delta, from, to);
+	}
+	return n;
 }
 
 /* Whether this transaction has written any increment yet. */

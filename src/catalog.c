@@ -51,8 +51,8 @@ static HTAB *by_name = NULL;
 /* The columns CounterDefFromTuple reads, in its order. */
 #define COUNTER_DEF_SELECT \
 	"SELECT id, name, mode, slots, key_type, owner::oid," \
-	" (extract(epoch FROM dedup_window) * 1000000)::int8, max_per_actor," \
-	" (extract(epoch FROM rate_window) * 1000000)::int8, max_delta" \
+	" dedup_window, max_per_actor, rate_window, max_delta," \
+	" half_life, trend_spans, trend_weights" \
 	" FROM counter.definition"
 
 static SPIPlanPtr plan_by_id = NULL;
@@ -151,6 +151,24 @@ CounterCheckName(const char *name)
 	}
 }
 
+/*
+ * An interval setting as microseconds (a month taken as 30 days), capped at
+ * COUNTER_MAX_INTERVAL_US so that no arithmetic on it can overflow, even
+ * for a value counter.alter would refuse today (one kept from 0.1).
+ */
+int64
+CounterIntervalUs(const Interval *iv)
+{
+	int128		us = (int128) iv->time + (int128) iv->day * USECS_PER_DAY +
+		(int128) iv->month * 30 * USECS_PER_DAY;
+
+	if (us > COUNTER_MAX_INTERVAL_US)
+		return COUNTER_MAX_INTERVAL_US;
+	if (us < -COUNTER_MAX_INTERVAL_US)
+		return -COUNTER_MAX_INTERVAL_US;
+	return (int64) us;
+}
+
 /* Build a CounterDef from the current SPI result row. */
 static void
 CounterDefFromTuple(CounterDef *def)
@@ -171,10 +189,38 @@ CounterDefFromTuple(CounterDef *def)
 	s = SPI_getvalue(tup, desc, 5);
 	def->key_type = strcmp(s, "text") == 0 ? COUNTER_KEY_TEXT : COUNTER_KEY_BIGINT;
 	def->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
-	def->dedup_window_us = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	def->dedup_window_us = CounterIntervalUs(DatumGetIntervalP(SPI_getbinval(tup, desc, 7, &isnull)));
 	def->max_per_actor = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-	def->rate_window_us = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+	def->rate_window_us = CounterIntervalUs(DatumGetIntervalP(SPI_getbinval(tup, desc, 9, &isnull)));
 	def->max_delta = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+	def->half_life_us = CounterIntervalUs(DatumGetIntervalP(SPI_getbinval(tup, desc, 11, &isnull)));
+	{
+		ArrayType  *spans = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 12, &isnull));
+		ArrayType  *weights = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 13, &isnull));
+		Datum	   *se;
+		Datum	   *we;
+		bool	   *sn;
+		bool	   *wn;
+		int			ns;
+		int			nw;
+		int			i;
+
+		deconstruct_array(spans, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE,
+						  &se, &sn, &ns);
+		deconstruct_array(weights, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &we, &wn, &nw);
+		def->nspans = Min(Min(ns, nw), COUNTER_MAX_SPANS);
+		for (i = 0; i < def->nspans; i++)
+		{
+			def->span_us[i] = sn[i] ? 0 : CounterIntervalUs(DatumGetIntervalP(se[i]));
+			def->weight[i] = wn[i] ? 0 : DatumGetFloat8(we[i]);
+		}
+	}
+	/* never a zero divisor, whatever a hand edit left in the table */
+	if (def->rate_window_us <= 0)
+		def->rate_window_us = USECS_PER_MINUTE;
+	if (def->half_life_us <= 0)
+		def->half_life_us = USECS_PER_DAY;
 }
 
 /* Create the two hash tables if an invalidation dropped them. */

@@ -16,6 +16,7 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
 
@@ -53,29 +54,30 @@ static const CompactStep compact_steps[] = {
 };
 
 /*
- * One compaction step in the current transaction, as of `now`: move up to
- * `limit` rows matching the step (over all counters) into its target rows.
- * Returns the rows moved.
+ * One compaction step of one counter in the current transaction (inside the
+ * scope), as of `now`: move up to `limit` rows matching the step into its
+ * target rows.  A rollup (every step but the first, which only merges slot
+ * rows of a minute) changes the key's windows and decay: its keys are noted
+ * as changed, so the ranking follows.  Returns the rows moved.
  */
 static int64
-CounterCompactStep(const CompactStep *step, TimestampTz now, int limit)
+CounterCompactStep(const CompactStep *step, int32 counter_id, TimestampTz now, int limit)
 {
 	StringInfoData sql;
-	Oid			argtypes[3] = {TIMESTAMPTZOID, INT2OID, INT4OID};
-	Datum		values[3];
+	Oid			argtypes[4] = {TIMESTAMPTZOID, INT2OID, INT4OID, INT4OID};
+	Datum		values[4];
 	int			rc;
-	bool		isnull;
-	int64		moved;
+	int64		moved = 0;
+	uint64		i;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "WITH moved AS ("
 					 "  DELETE FROM counter.tally WHERE ctid = ANY (ARRAY("
-					 "   SELECT x.ctid FROM counter.definition d CROSS JOIN LATERAL ("
-					 "    SELECT t.ctid FROM counter.tally t"
-					 "    WHERE t.counter_id = d.id AND %s"
-					 "    AND t.bucket > '-infinity' AND t.bucket < %s"
-					 "    LIMIT $3) x"
+					 "   SELECT t.ctid FROM counter.definition d JOIN counter.tally t"
+					 "   ON t.counter_id = d.id AND %s"
+					 "   AND t.bucket > '-infinity' AND t.bucket < %s"
+					 "   WHERE d.id = $4"
 					 "   LIMIT $3))"
 					 "  RETURNING counter_id, key, %s AS b, value),"
 					 " ins AS ("
@@ -84,38 +86,63 @@ CounterCompactStep(const CompactStep *step, TimestampTz now, int limit)
 					 "  GROUP BY counter_id, key, b ORDER BY counter_id, key, b"
 					 "  ON CONFLICT (counter_id, key, bucket, slot)"
 					 "  DO UPDATE SET value = t.value + excluded.value)"
-					 " SELECT count(*) FROM moved",
+					 " SELECT key, count(*) FROM moved GROUP BY key",
 					 step->pred, step->cutoff, step->target_bucket);
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int16GetDatum(step->target_slot);
 	values[2] = Int32GetDatum(limit);
-	rc = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0);
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
+	values[3] = Int32GetDatum(counter_id);
+	rc = SPI_execute_with_args(sql.data, 4, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "counter compaction failed: %s", SPI_result_code_string(rc));
-	moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		key = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		moved += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 2, &isnull));
+		if (step != &compact_steps[0])
+			CounterChangedNote(counter_id, key);
+	}
 	pfree(sql.data);
 	return moved;
 }
 
+/* The ids of every counter, in the current transaction (inside the scope). */
+static int32 *
+CounterCompactIds(int *n, MemoryContext cxt)
+{
+	int32	   *ids;
+	uint64		i;
+
+	if (SPI_execute("SELECT id FROM counter.definition ORDER BY id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "listing counters failed");
+	ids = MemoryContextAlloc(cxt, sizeof(int32) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	*n = (int) SPI_processed;
+	return ids;
+}
+
 /*
- * Compact the tally (the steps of compact_steps), in short transactions of
- * at most `limit` rows each.  With the default retention a key holds at
- * most its current writers' rows, about two hours of minute rows, a week of
- * hour rows, one row per older day and a base row.  Expired event ids and
- * stale rate windows are purged in the same round.
- * Totals and windows (at their resolution) are unchanged by every step.
- * Returns the rows moved.
+ * Compact one counter as of now: every step, in short transactions of at
+ * most `limit` rows, up to max_rounds of them per step.  Returns the rows
+ * moved.
  */
-int64
-CounterCompactAll(TimestampTz now, int limit, int max_rounds)
+static int64
+CounterCompactCounter(int32 id, TimestampTz now, int limit, int max_rounds)
 {
 	int64		total = 0;
 	int			i;
 
 	for (i = 0; i < lengthof(compact_steps); i++)
 	{
-		const CompactStep *step = &compact_steps[i];
 		int			round;
 
 		for (round = 0; round < max_rounds; round++)
@@ -127,14 +154,8 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			if (!OidIsValid(get_extension_oid("counter", true)))
-			{
-				PopActiveSnapshot();
-				CommitTransactionCommand();
-				return total;
-			}
 			CounterEnter(&scope);
-			moved = CounterCompactStep(step, now, limit);
+			moved = CounterCompactStep(&compact_steps[i], id, now, limit);
 			CounterLeave(&scope);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
@@ -143,36 +164,93 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds)
 				break;
 		}
 	}
-	/* expired event ids and stale rate windows, in batches too */
-	{
-		int			round;
-
-		for (round = 0; round < max_rounds; round++)
-		{
-			CounterScope scope;
-			int64		purged;
-
-			CHECK_FOR_INTERRUPTS();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			CounterEnter(&scope);
-			purged = CounterPurgeLimits(now, limit);
-			CounterLeave(&scope);
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			total += purged;
-			if (purged < limit)
-				break;
-		}
-	}
 	return total;
 }
 
 /*
- * counter.compact(now): run the worker's compaction, and its purge of
- * expired event ids and rate windows, in this session, e.g. in tests with
- * an explicit now, or where no worker runs.  For the extension's owner
- * (it rewrites every counter's rows).
+ * Compact every counter (the steps of compact_steps) as of now, each on its
+ * own: a counter whose compaction fails is reported through on_error (with
+ * the transaction still to abort) and the others go on.  With the default
+ * retention a key holds at most its current writers' rows, about two hours
+ * of minute rows, a week of hour rows, one row per older day and a base
+ * row.  Expired event ids and stale rate windows are purged afterwards.
+ * Totals, and windows at their resolution, are unchanged by every step.
+ * Returns the rows moved or purged.
+ */
+int64
+CounterCompactAll(TimestampTz now, int limit, int max_rounds,
+				  void (*on_error) (const char *what, MemoryContext cxt))
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int64 total = 0;
+	int32	   *ids;
+	int			nids;
+	int			i;
+	int			round;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!OidIsValid(get_extension_oid("counter", true)))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+		return 0;
+	}
+	{
+		CounterScope scope;
+
+		CounterEnter(&scope);
+		ids = CounterCompactIds(&nids, cxt);
+		CounterLeave(&scope);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+
+	for (i = 0; i < nids; i++)
+	{
+		PG_TRY();
+		{
+			total += CounterCompactCounter(ids[i], now, limit, max_rounds);
+		}
+		PG_CATCH();
+		{
+			if (on_error == NULL)
+				PG_RE_THROW();
+			on_error(psprintf("compacting counter %d", ids[i]), cxt);
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(cxt);
+	}
+
+	/* expired event ids and stale rate windows, in batches too */
+	for (round = 0; round < max_rounds; round++)
+	{
+		CounterScope scope;
+		int64		purged;
+
+		CHECK_FOR_INTERRUPTS();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		CounterEnter(&scope);
+		purged = CounterPurgeLimits(now, limit);
+		CounterLeave(&scope);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		total += purged;
+		if (purged < limit)
+			break;
+	}
+	MemoryContextSwitchTo(cxt);
+	return total;
+}
+
+/*
+ * counter.compact(now): run the maintenance process's compaction, and its
+ * purge of expired event ids and rate windows, in this session, e.g. in
+ * tests with an explicit now, or where no background process runs.  For
+ * the extension's owner (it rewrites every counter's rows).
  */
 Datum
 counter_compact(PG_FUNCTION_ARGS)
@@ -180,18 +258,22 @@ counter_compact(PG_FUNCTION_ARGS)
 	TimestampTz now = PG_ARGISNULL(0) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(0);
 	CounterScope scope;
 	int64		total = 0;
-	int			i;
+	int32	   *ids;
+	int			nids;
+	int			i,
+				c;
 
 	CounterRequireExtensionOwner("counter.compact()");
+	PreventCommandIfReadOnly("counter.compact()");
 	if (TIMESTAMP_NOT_FINITE(now))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("now must be a finite timestamp")));
 	CounterEnter(&scope);
-	for (i = 0; i < lengthof(compact_steps); i++)
-	{
-		total += CounterCompactStep(&compact_steps[i], now, INT_MAX);
-	}
+	ids = CounterCompactIds(&nids, CurrentMemoryContext);
+	for (c = 0; c < nids; c++)
+		for (i = 0; i < lengthof(compact_steps); i++)
+			total += CounterCompactStep(&compact_steps[i], ids[c], now, INT_MAX);
 	total += CounterPurgeLimits(now, INT_MAX);
 	CounterLeave(&scope);
 	PG_RETURN_INT64(total);

@@ -29,6 +29,9 @@
 #include "utils/timestamp.h"
 
 #define COUNTER_NAME_MAXLEN 63
+#define COUNTER_MAX_SPANS 16
+/* The longest interval a setting may be: 100 years (36,525 days). */
+#define COUNTER_MAX_INTERVAL_US (INT64CONST(36525) * USECS_PER_DAY)
 #define COUNTER_MAX_SLOTS 1024
 #define COUNTER_SCHEMA "counter"
 
@@ -74,6 +77,10 @@ typedef struct CounterDef
 	int32		max_per_actor;	/* increments per actor and key; 0: no limit */
 	int64		rate_window_us;
 	int64		max_delta;		/* largest |delta| accepted; 0: no limit */
+	int64		half_life_us;	/* of the decayed score */
+	int32		nspans;			/* trend spans and their weights */
+	int64		span_us[COUNTER_MAX_SPANS];
+	double		weight[COUNTER_MAX_SPANS];
 } CounterDef;
 
 /* Saved state of CounterEnter, restored by CounterLeave. */
@@ -111,6 +118,16 @@ typedef struct CounterBufEntry
 	TimestampTz cached_at;
 	int64		cached_value;
 } CounterBufEntry;
+
+/* Consumers of the changed keys (changed.c), one bit each. */
+#define COUNTER_CONSUMER_RANK	0x1
+#define COUNTER_CONSUMER_SYNC	0x2
+
+typedef struct CounterChangedKey
+{
+	int32		counter_id;
+	int64		key;
+} CounterChangedKey;
 
 /* Per-counter statistics, counted at commit. */
 typedef enum CounterStat
@@ -204,6 +221,9 @@ typedef struct CounterDbSlot
 	char		why[128];		/* why it is idle or unserved */
 	bool		recheck;		/* asked for while starting: look again if idle */
 	CounterProcStatus proc[COUNTER_ROLES];
+	pg_atomic_uint64 changed_epoch; /* changes when changed keys were lost */
+	pg_atomic_uint64 changed_generation;	/* advances with every take */
+	pg_atomic_uint32 changed_consumers; /* who follows the changed keys */
 	pg_atomic_uint64 fold_requested;	/* flush() requests, a generation */
 	pg_atomic_uint64 fold_done;	/* generation the last finished fold served */
 	ConditionVariable fold_cv;
@@ -245,6 +265,7 @@ extern int	counter_compact_interval;
 extern int	counter_rank_interval;
 extern char *counter_database;
 extern int	counter_max_databases;
+extern int	counter_changed_keys;
 extern char *counter_redis_url;
 extern char *counter_redis_password;
 extern char *counter_redis_password_file;
@@ -296,6 +317,8 @@ extern CounterBufEntry *CounterBufReserve(int32 counter_id, int64 key,
 extern void CounterBufRelease(CounterBufEntry *entry, int slotno, int64 delta);
 extern void CounterBufSetBig(CounterBufEntry *entry);
 extern void CounterBufMarkBig(int32 counter_id, int64 key);
+extern int	CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot,
+								   TimestampTz *buckets, int64 *amounts);
 extern int64 CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 							   TimestampTz to, Snapshot snapshot);
 extern bool CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us,
@@ -310,6 +333,16 @@ extern int	CounterBufEvict(int64 keep_cache_us);
 extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);
 extern void CounterBufForget(int32 counter_id);
 extern void CounterBufForgetDatabase(Oid dbid);
+
+/* changed.c */
+extern void CounterChangedInit(void);
+extern void CounterChangedNote(int32 counter_id, int64 key);
+extern void CounterChangedPublish(void);
+extern void CounterChangedFollow(uint32 consumers);
+extern uint64 CounterChangedEpoch(uint32 consumer);
+extern int	CounterChangedTake(uint32 consumer, int32 counter_id, CounterChangedKey **out);
+extern void CounterChangedGiveBack(uint32 consumer, const CounterChangedKey *keys, int n);
+extern void CounterChangedForgetDatabase(Oid dbid);
 
 /* tally.c */
 extern int16 CounterSlot(const CounterDef *def);
@@ -330,6 +363,9 @@ extern bool CounterBufferedIncr(const CounterDef *def, int64 key, int64 delta,
 extern int64 CounterLocalPending(int32 counter_id, int64 key, TimestampTz from,
 								 TimestampTz to);
 extern bool CounterLocalWrites(void);
+extern int	CounterPendingBuckets(int32 counter_id, int64 key, TimestampTz from,
+								  TimestampTz to, TimestampTz *buckets, int64 *amounts,
+								  int max);
 extern void CounterCountStat(int32 counter_id, CounterStat stat, int64 n);
 
 /* limits.c */
@@ -339,8 +375,13 @@ extern bool CounterActorAllow(const CounterDef *def, text *actor, int64 key,
 							  TimestampTz when);
 extern int64 CounterPurgeLimits(TimestampTz now, int limit);
 
+/* rank.c */
+extern int64 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
+								const int64 *changed, int nchanged, bool wait);
+
 /* compact.c */
-extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds);
+extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds,
+							   void (*on_error) (const char *what, MemoryContext cxt));
 
 /* source_apply.c: what the ingest process hooks into every source */
 extern void (*counter_source_yield_hook) (void);
@@ -375,6 +416,7 @@ extern bool CounterLookupByName(const char *name, CounterDef *def);
 extern void CounterGetById(int32 id, CounterDef *def);
 extern const char *CounterModeName(CounterMode mode);
 extern void CounterCheckName(const char *name);
+extern int64 CounterIntervalUs(const Interval *iv);
 
 /* Attribute time: the start of the minute holding ts. */
 static inline TimestampTz

@@ -14,6 +14,7 @@ int			counter_compact_interval = 10000;
 int			counter_rank_interval = 30000;
 char	   *counter_database = NULL;
 int			counter_max_databases = 3;
+int			counter_changed_keys = 131072;
 char	   *counter_redis_url = NULL;
 char	   *counter_redis_password = NULL;
 char	   *counter_redis_password_file = NULL;
@@ -71,6 +72,14 @@ CounterGucInit(void)
 								"When it is full, increments of new keys take the durable path.",
 								&counter_buffer_keys,
 								16384, 64, 16 * 1024 * 1024,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("counter.changed_keys",
+								"Changed keys the shared set remembers for the ranking refresh.",
+								"When it overflows, the next refresh of that database rebuilds every ranking in full.",
+								&counter_changed_keys,
+								131072, 1024, 64 * 1024 * 1024,
 								PGC_POSTMASTER, 0,
 								NULL, NULL, NULL);
 

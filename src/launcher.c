@@ -282,6 +282,7 @@ CounterLauncherScan(void)
 		for (r = 0; r < COUNTER_ROLES; r++)
 			CounterProcStop(&dbs[i].proc[r]);
 		CounterBufForgetDatabase(dbid);
+		CounterChangedForgetDatabase(dbid);
 		CounterStatsForgetDatabase(dbid);
 		SpinLockAcquire(&counter_shared->mutex);
 		if (slot->dbid == dbid)

@@ -14,6 +14,7 @@
 #include "counter.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -35,32 +36,145 @@ CounterCompactStepRun(void)
 	int64		moved;
 
 	CounterProcState("compacting");
-	moved = CounterCompactAll(GetCurrentTimestamp(), 10000, 20);
+	moved = CounterCompactAll(GetCurrentTimestamp(), 10000, 20, CounterReportFailure);
 	SpinLockAcquire(&counter_shared->mutex);
 	my_slot->compacted_rows += moved;
 	SpinLockRelease(&counter_shared->mutex);
 	step_items += moved;
 }
 
-/* One ranking refresh of every counter, in its own transaction. */
-static void
-CounterRankStepRun(void)
+/* One counter's refresh, in a transaction of its own (see CounterRankStepRun). */
+static int64
+CounterRankOne(int32 id, TimestampTz t, const int64 *keys, int nkeys)
 {
 	CounterScope scope;
+	CounterDef	def;
+	int64		changed = 0;
 
-	CounterProcState("ranking");
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (CounterInstalledHere())
+	if (CounterLookupById(id, &def))
 	{
 		CounterEnter(&scope);
-		if (SPI_execute("SELECT counter.refresh_ranking()", false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "counter ranking refresh failed");
+		changed = CounterRankRefresh(&def, t, false, keys, nkeys, false);
 		CounterLeave(&scope);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	return changed;
+}
+
+/*
+ * Refresh the ranking of every counter as of now: take the changed keys
+ * first, then each counter that has some, or rows that can still cross a
+ * window edge, in a transaction of its own.  A counter that fails (or is
+ * being refreshed by a session) gets its keys back and is retried next
+ * turn; the others go on.
+ */
+static void
+CounterRankStepRun(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	CounterChangedKey *changed;
+	int			nchanged;
+	int32	   *ids;
+	bool	   *idle;
+	int			nids = 0;
+	TimestampTz t;
+	int			i,
+				c;
+
+	CounterProcState("ranking");
+	nchanged = CounterChangedTake(COUNTER_CONSUMER_RANK, 0, &changed);
+	t = GetCurrentTimestamp();
+
+	/* the counters, and which of them nothing can have changed */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	{
+		CounterScope scope;
+		Oid			argtypes[2] = {TIMESTAMPTZOID, INT8OID};
+		Datum		values[2];
+		char		nulls[2] = {' ', ' '};
+		uint64		epoch = CounterChangedEpoch(COUNTER_CONSUMER_RANK);
+		MemoryContext old;
+
+		values[0] = TimestampTzGetDatum(t);
+		values[1] = Int64GetDatum((int64) epoch);
+		CounterEnter(&scope);
+		if (SPI_execute_with_args("SELECT d.id, s.counter_id IS NOT NULL AND s.epoch = $2"
+								  " AND s.active_until < s.refreshed_at AND s.refreshed_at <= $1"
+								  " AND (s.spans, s.weights, s.half_life) IS NOT DISTINCT FROM"
+								  " (d.trend_spans, d.trend_weights, d.half_life)"
+								  " FROM counter.definition d"
+								  " LEFT JOIN counter.ranking_state s ON s.counter_id = d.id"
+								  " ORDER BY d.id",
+								  2, argtypes, values, nulls, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "listing counters for the ranking failed");
+		old = MemoryContextSwitchTo(cxt);
+		ids = palloc(sizeof(int32) * Max(SPI_processed, 1));
+		idle = palloc(sizeof(bool) * Max(SPI_processed, 1));
+		MemoryContextSwitchTo(old);
+		for (i = 0; i < (int) SPI_processed; i++)
+		{
+			bool		isnull;
+
+			ids[nids] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			idle[nids++] = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		CounterLeave(&scope);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+
+	for (i = 0, c = 0; i < nids && !counter_shutdown_requested; i++)
+	{
+		volatile int first;
+		int64	   *keys;
+		int			nkeys = 0;
+		volatile int64 changed_rows = 0;
+		volatile bool ok = true;
+
+		while (c < nchanged && changed[c].counter_id < ids[i])
+			c++;
+		first = c;
+		while (c < nchanged && changed[c].counter_id == ids[i])
+			c++;
+		if (c == first && idle[i])
+			continue;
+		keys = palloc(sizeof(int64) * Max(c - first, 1));
+		for (nkeys = 0; nkeys < c - first; nkeys++)
+			keys[nkeys] = changed[first + nkeys].key;
+		PG_TRY();
+		{
+			changed_rows = CounterRankOne(ids[i], t, keys, nkeys);
+		}
+		PG_CATCH();
+		{
+			ok = false;
+			if (counter_shutdown_requested)
+			{
+				/* cancelled: every key from this counter on is taken again */
+				CounterChangedGiveBack(COUNTER_CONSUMER_RANK, &changed[first],
+									   nchanged - first);
+				PG_RE_THROW();
+			}
+			CounterReportFailure(psprintf("ranking counter %d", ids[i]), cxt);
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(cxt);
+		if (!ok || changed_rows < 0)
+			CounterChangedGiveBack(COUNTER_CONSUMER_RANK, &changed[first], c - first);
+		else
+			step_items += changed_rows;
+		pfree(keys);
+	}
+	/* what was not reached before a shutdown is taken again after it */
+	if (c < nchanged)
+		CounterChangedGiveBack(COUNTER_CONSUMER_RANK, &changed[c], nchanged - c);
 }
 
 /* Milliseconds until a step with this interval, last run at last, is due. */
@@ -103,6 +217,8 @@ CounterMaintenanceMain(Datum arg)
 			CounterMarkIdle(my_slot);
 			break;
 		}
+		/* follow the changed keys while the ranking is refreshed at all */
+		CounterChangedFollow(counter_rank_interval > 0 ? COUNTER_CONSUMER_RANK : 0);
 		now = GetCurrentTimestamp();
 		step_items = 0;
 		if (counter_compact_interval > 0 &&

@@ -19,6 +19,7 @@ _PG_init(void)
 	CounterGucInit();
 	CounterShmemInit();
 	CounterBufferInit();
+	CounterChangedInit();
 	CounterCatalogInit();
 	CounterBufferedInit();
 	CounterLauncherInit();

@@ -176,9 +176,8 @@ counter_window(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("now must be a finite timestamp")));
-	from = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-												   TimestampTzGetDatum(now),
-												   IntervalPGetDatum(span)));
+	/* a day is 24 hours and a month 30 days, whatever the session's time zone */
+	from = now - CounterIntervalUs(span);
 	key = CounterKeyArg(fcinfo, 1, &def, false, &known);
 	if (!known)
 		PG_RETURN_INT64(0);

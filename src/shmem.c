@@ -83,6 +83,9 @@ CounterShmemStartup(void)
 
 			pg_atomic_init_u64(&slot->fold_requested, 0);
 			pg_atomic_init_u64(&slot->fold_done, 0);
+			pg_atomic_init_u64(&slot->changed_epoch, 0);
+			pg_atomic_init_u64(&slot->changed_generation, 0);
+			pg_atomic_init_u32(&slot->changed_consumers, 0);
 			ConditionVariableInit(&slot->fold_cv);
 		}
 		counter_shared->started_at = GetCurrentTimestamp();
@@ -216,6 +219,9 @@ CounterSlotRequest(Oid dbid)
 		slot->last_fold_ms = 0;
 		slot->folds = slot->folded_deltas = slot->compacted_rows = 0;
 		slot->redis_nmasters = 0;
+		/* a new epoch: whatever was built before this slot is unknown */
+		pg_atomic_write_u64(&slot->changed_epoch, (uint64) GetCurrentTimestamp());
+		pg_atomic_write_u32(&slot->changed_consumers, 0);
 		slot->state = COUNTER_DB_WANTED;
 		slot->state_at = GetCurrentTimestamp();
 		wake = true;

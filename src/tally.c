@@ -175,6 +175,7 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 										SPI_tuptable->tupdesc, 2, &isnull));
 	if (!checked && (marked || CounterNeedsCheck(row)))
 		CounterCheckTotal(def, key, 0);
+	CounterChangedNote(def->id, key);
 }
 
 /*
@@ -364,8 +365,8 @@ CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids, Datum *keys,
 														   "  DO UPDATE SET value = t.value + excluded.value"
 														   "  RETURNING t.counter_id, t.key, t.bucket, t.value)"
 														   " SELECT w.counter_id, w.key,"
-														   "  abs(w.value) >= 1099511627776"
-														   "  OR abs(d.dl) >= 1099511627776"
+														   "  w.value >= 1099511627776 OR w.value <= -1099511627776"
+														   "  OR d.dl >= 1099511627776 OR d.dl <= -1099511627776"
 														   "  OR EXISTS (SELECT FROM counter.tally m"
 														   "   WHERE m.counter_id = w.counter_id AND m.key = w.key"
 														   "   AND m.bucket = '-infinity' AND m.slot = 0)"
@@ -385,10 +386,14 @@ CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids, Datum *keys,
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
+		int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		int64		key = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+
+		CounterChangedNote(id, key);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
 			continue;
-		check_ids[nchecks] = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		check_keys[nchecks] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		check_ids[nchecks] = id;
+		check_keys[nchecks] = key;
 		nchecks++;
 	}
 	for (j = 0; j < nchecks; j++)
