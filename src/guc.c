@@ -11,7 +11,7 @@ int			counter_default_slots = 64;
 int			counter_buffer_keys = 16384;
 int			counter_flush_interval = 1000;
 int			counter_compact_interval = 10000;
-int			counter_rank_interval = 30000;
+int			counter_rank_interval = 5000;
 char	   *counter_database = NULL;
 int			counter_max_databases = 3;
 int			counter_changed_keys = 131072;
@@ -38,7 +38,7 @@ CounterGucInit(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("counter.flush_interval",
-							"How often the worker folds buffered increments into the tables.",
+							"How often the ingest process folds buffered increments into the tables.",
 							"This bounds what a crash can lose of buffered counters.",
 							&counter_flush_interval,
 							1000, 10, 3600 * 1000,
@@ -46,18 +46,18 @@ CounterGucInit(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("counter.compact_interval",
-							"How often the worker compacts slot rows and rolls up old buckets.",
-							"0 turns the worker's compaction off; counter.compact() still works.",
+							"How often the maintenance process compacts slot rows and rolls up old buckets.",
+							"0 turns the background compaction off; counter.compact() still works.",
 							&counter_compact_interval,
 							10000, 0, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("counter.rank_interval",
-							"How often the worker refreshes the ranking that counter.top() reads.",
+							"How often the maintenance process refreshes the ranking that counter.top() reads.",
 							"top() without now => may be this stale; 0 turns the refresh off.",
 							&counter_rank_interval,
-							30000, 0, 24 * 3600 * 1000,
+							5000, 0, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -213,8 +213,9 @@ CounterFold(void)
 			MemoryContext xcxt = MemoryContextSwitchTo(cxt);
 
 			xid = GetTopTransactionId();
+			/* a fold 1.5 intervals old settles even under an old snapshot */
 			result = CounterBufDrain(xid, CounterFoldHorizon(),
-									 start - 2 * (int64) counter_flush_interval * 1000,
+									 start - (int64) counter_flush_interval * 1500,
 									 CounterFoldCollect, batch);
 			MemoryContextSwitchTo(xcxt);
 			if (batch->n > 0)

@@ -30,6 +30,22 @@ static bool more_pending = false;
 static TimestampTz next_round = 0;
 static TimestampTz next_expiry = 0;
 
+/*
+ * How long the ingest process may sleep before the next round is due: at
+ * most fold_ms, less when Redis ingestion is on and its round comes first.
+ */
+long
+CounterRedisWaitMs(long fold_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (CounterRedisSeedCount() == 0)
+		return fold_ms;
+	if (more_pending || next_round <= now)
+		return 0;
+	return Min(fold_ms, (long) ((next_round - now) / 1000) + 1);
+}
+
 /* Load every counter with its prefix, longest prefix first (own transaction). */
 static CounterRedisCounter *
 CounterRedisLoadCounters(int *n)
@@ -154,7 +170,11 @@ CounterRedisRound(void)
 		return;
 	if (!more_pending && now < next_round)
 		return;
-	next_round = now + (int64) counter_redis_poll_interval * 1000;
+	/* keep the cadence: a round a little late does not push the next one */
+	if (next_round + (int64) counter_redis_poll_interval * 1000 <= now)
+		next_round = now + (int64) counter_redis_poll_interval * 1000;
+	else
+		next_round += (int64) counter_redis_poll_interval * 1000;
 	deadline = now + Max((int64) counter_redis_poll_interval, 1000) * 1000;
 	more_pending = false;
 

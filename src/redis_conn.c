@@ -105,15 +105,6 @@ CounterRedisSeedCount(void)
 	return nseeds;
 }
 
-/* The worker's sleep between rounds: Redis may want it shorter. */
-long
-CounterRedisWaitMs(long fold_ms)
-{
-	if (counter_redis_url == NULL || counter_redis_url[0] == '\0')
-		return fold_ms;
-	return Min(fold_ms, (long) counter_redis_poll_interval);
-}
-
 /* Whether the worker has been asked for something (SIGTERM, flush, reload). */
 bool
 CounterRedisStopSoon(void)
