@@ -379,3 +379,125 @@ REVOKE EXECUTE ON FUNCTION @extschema@.rank_exact(@extschema@.counter, timestamp
 
 -- Build every ranking now, under the new rules.
 SELECT @extschema@.refresh_ranking("full" => true) >= 0 AS rebuilt;
+
+-- Redis ingestion is opt-in per counter ----------------------------------------
+-- Only counters with a redis_prefix have their keys drained, and only
+-- counters with a redis_stream read a stream: nothing else in a Redis the
+-- worker is pointed at is touched.  A prefix or stream may not reach into
+-- another owner's (counter.alter checks).  What a drain cannot count goes
+-- to counter.quarantine with every other source's.
+
+ALTER TABLE @extschema@.definition
+	ADD COLUMN redis_stream text CHECK (redis_stream <> '');
+
+-- 0.1 drained '<name>:' for every counter once counter.redis_url was set:
+-- where it is set, those prefixes (and the one stream) become explicit, so
+-- an upgrade keeps draining what it drained.
+DO $$
+BEGIN
+	IF coalesce(current_setting('counter.redis_url', true), '') <> '' THEN
+		UPDATE @extschema@.definition SET redis_prefix = name || ':' WHERE redis_prefix IS NULL;
+		RAISE NOTICE 'counter: counter.redis_url is set, so every counter keeps draining Redis keys "<name>:*"; clear a prefix with counter.alter(c, redis_prefix => '''')';
+		IF coalesce(current_setting('counter.redis_stream', true), '') <> '' THEN
+			UPDATE @extschema@.definition SET redis_stream = current_setting('counter.redis_stream')
+			WHERE redis_stream IS NULL;
+		END IF;
+	END IF;
+END $$;
+
+CREATE OR REPLACE VIEW @extschema@.counters AS
+	SELECT d.name, d.id, d.mode, d.slots, d.key_type, d.redis_prefix,
+		d.dedup_window, d.max_per_actor, d.rate_window, d.max_delta,
+		d.minute_retention, d.hour_retention, d.day_retention,
+		d.half_life, d.trend_spans, d.trend_weights,
+		d.owner, d.created_at, d.redis_stream
+	FROM @extschema@.definition AS d;
+
+DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]);
+CREATE FUNCTION @extschema@.alter(
+	counter @extschema@.counter,
+	mode text DEFAULT NULL,
+	slots integer DEFAULT NULL,
+	redis_prefix text DEFAULT NULL,
+	dedup_window interval DEFAULT NULL,
+	max_per_actor integer DEFAULT NULL,
+	rate_window interval DEFAULT NULL,
+	max_delta bigint DEFAULT NULL,
+	minute_retention interval DEFAULT NULL,
+	hour_retention interval DEFAULT NULL,
+	day_retention interval DEFAULT NULL,
+	half_life interval DEFAULT NULL,
+	trend_spans interval[] DEFAULT NULL,
+	trend_weights float8[] DEFAULT NULL,
+	redis_stream text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text) IS
+	'change a counter''s settings online; arguments left null keep their value; an empty redis_prefix or redis_stream stops that drain';
+REVOKE EXECUTE ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text) FROM PUBLIC;
+
+INSERT INTO @extschema@.quarantine (source, origin, item, value, reason, at)
+	SELECT CASE WHEN q.redis_key LIKE '%/%-%' THEN 'redis stream' ELSE 'redis' END,
+		q.master, q.redis_key, q.value, q.reason, q.at
+	FROM @extschema@.redis_quarantine q ORDER BY q.id;
+ALTER EXTENSION counter DROP TABLE @extschema@.redis_quarantine;
+ALTER EXTENSION counter DROP SEQUENCE @extschema@.redis_quarantine_id_seq;
+DROP TABLE @extschema@.redis_quarantine;
+CREATE VIEW @extschema@.redis_quarantine AS
+	SELECT q.id, q.origin AS master, q.item AS redis_key, q.value, q.reason, q.at
+	FROM @extschema@.quarantine q
+	WHERE q.source IN ('redis', 'redis stream');
+COMMENT ON VIEW @extschema@.redis_quarantine IS
+	'the Redis items of counter.quarantine, as 0.1 named them';
+REVOKE ALL ON @extschema@.redis_quarantine FROM PUBLIC;
+
+-- The handle sorts, groups and hashes -------------------------------------------
+-- By id, as regclass does by oid: ORDER BY, GROUP BY and DISTINCT on a
+-- counter.counter column work.
+
+CREATE FUNCTION @extschema@.counter_cmp(@extschema@.counter, @extschema@.counter)
+RETURNS integer AS 'MODULE_PATHNAME', 'counter_cmp' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+CREATE FUNCTION @extschema@.counter_lt(@extschema@.counter, @extschema@.counter)
+RETURNS boolean AS 'MODULE_PATHNAME', 'counter_lt' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+CREATE FUNCTION @extschema@.counter_le(@extschema@.counter, @extschema@.counter)
+RETURNS boolean AS 'MODULE_PATHNAME', 'counter_le' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+CREATE FUNCTION @extschema@.counter_gt(@extschema@.counter, @extschema@.counter)
+RETURNS boolean AS 'MODULE_PATHNAME', 'counter_gt' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+CREATE FUNCTION @extschema@.counter_ge(@extschema@.counter, @extschema@.counter)
+RETURNS boolean AS 'MODULE_PATHNAME', 'counter_ge' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+CREATE FUNCTION @extschema@.counter_hash(@extschema@.counter)
+RETURNS integer AS 'MODULE_PATHNAME', 'counter_hash' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE LEAKPROOF;
+
+CREATE OPERATOR @extschema@.< (
+	LEFTARG = @extschema@.counter, RIGHTARG = @extschema@.counter,
+	FUNCTION = @extschema@.counter_lt,
+	COMMUTATOR = OPERATOR(@extschema@.>), NEGATOR = OPERATOR(@extschema@.>=),
+	RESTRICT = pg_catalog.scalarltsel, JOIN = pg_catalog.scalarltjoinsel);
+CREATE OPERATOR @extschema@.<= (
+	LEFTARG = @extschema@.counter, RIGHTARG = @extschema@.counter,
+	FUNCTION = @extschema@.counter_le,
+	COMMUTATOR = OPERATOR(@extschema@.>=), NEGATOR = OPERATOR(@extschema@.>),
+	RESTRICT = pg_catalog.scalarlesel, JOIN = pg_catalog.scalarlejoinsel);
+CREATE OPERATOR @extschema@.> (
+	LEFTARG = @extschema@.counter, RIGHTARG = @extschema@.counter,
+	FUNCTION = @extschema@.counter_gt,
+	COMMUTATOR = OPERATOR(@extschema@.<), NEGATOR = OPERATOR(@extschema@.<=),
+	RESTRICT = pg_catalog.scalargtsel, JOIN = pg_catalog.scalargtjoinsel);
+CREATE OPERATOR @extschema@.>= (
+	LEFTARG = @extschema@.counter, RIGHTARG = @extschema@.counter,
+	FUNCTION = @extschema@.counter_ge,
+	COMMUTATOR = OPERATOR(@extschema@.<=), NEGATOR = OPERATOR(@extschema@.<),
+	RESTRICT = pg_catalog.scalargesel, JOIN = pg_catalog.scalargejoinsel);
+
+CREATE OPERATOR CLASS @extschema@.counter_ops
+	DEFAULT FOR TYPE @extschema@.counter USING btree AS
+		OPERATOR 1 @extschema@.<,
+		OPERATOR 2 @extschema@.<=,
+		OPERATOR 3 @extschema@.=,
+		OPERATOR 4 @extschema@.>=,
+		OPERATOR 5 @extschema@.>,
+		FUNCTION 1 @extschema@.counter_cmp(@extschema@.counter, @extschema@.counter);
+CREATE OPERATOR CLASS @extschema@.counter_hash_ops
+	DEFAULT FOR TYPE @extschema@.counter USING hash AS
+		OPERATOR 1 @extschema@.=,
+		FUNCTION 1 @extschema@.counter_hash(@extschema@.counter);

@@ -75,6 +75,25 @@ WHERE p.prosecdef
        OR p.prosrc ~ 'pg_temp\.')
 ORDER BY 1;
 
+-- A Redis prefix or stream cannot reach into another owner's counter: in
+-- 0.1 a prefix 'sec:1' took the keys sec:15... from under 'sec'.
+SELECT counter.alter('sec', redis_prefix => 'sec:', redis_stream => 'sec-events');
+SET ROLE counter_admin;
+SELECT counter.create('evil');
+SELECT counter.alter('evil', redis_prefix => 'sec:1');
+SELECT counter.alter('evil', redis_prefix => 'se');
+SELECT counter.alter('evil', redis_stream => 'sec-events');
+SELECT counter.alter('evil', redis_prefix => 'evil:', redis_stream => 'evil-events');
+SELECT name, redis_prefix, redis_stream FROM counter.counters WHERE name IN ('sec', 'evil') ORDER BY name;
+SELECT counter.drop('evil');
+RESET ROLE;
+-- The same owner may nest prefixes: the longest match takes a key.
+SELECT counter.create('sec_posts');
+SELECT counter.alter('sec_posts', redis_prefix => 'sec:post:');
+SELECT counter.drop('sec_posts');
+SELECT counter.alter('sec', redis_prefix => '', redis_stream => '');
+SELECT redis_prefix IS NULL AND redis_stream IS NULL AS cleared FROM counter.counters WHERE name = 'sec';
+
 -- Members of the owning role may manage its counters.
 GRANT counter_admin TO counter_app;
 SET ROLE counter_app;

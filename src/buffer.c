@@ -424,7 +424,8 @@ CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us, int64 *value)
 
 /*
  * Remember an exact total computed at `at`, for later max_age reads.  Makes
- * an entry if there is room; a full buffer just means no caching.
+ * an entry if the buffer is less than half full; otherwise only keys that
+ * have an entry are cached.
  */
 void
 CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
@@ -433,7 +434,14 @@ CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
 	bool		is_new;
 	CounterBufEntry *entry;
 
-	entry = CounterBufLookup(counter_id, key, true, &lock, &is_new);
+	/*
+	 * A cached total may take a new entry only while the buffer is less
+	 * than half full: readers can never crowd out the pending increments
+	 * of buffered counters, which always keep the other half.
+	 */
+	entry = CounterBufLookup(counter_id, key,
+							 pg_atomic_read_u32(&counter_shared->nentries) < (uint32) counter_buffer_keys / 2,
+							 &lock, &is_new);
 	if (entry)
 	{
 		CounterEntryLock(entry);

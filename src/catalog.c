@@ -18,8 +18,10 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include <math.h>
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/hsearch.h"
@@ -459,18 +461,15 @@ counter_create(PG_FUNCTION_ARGS)
 }
 
 /*
- * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
- * max_per_actor, rate_window, max_delta): change a counter's settings
- * online; arguments left null keep their value.
- * Every slot and mode writes the same tally rows, so no increment in flight
- * is lost whichever setting a concurrent writer still has cached.
+ * Check an interval setting: no months, not negative (or, with positive,
+ * above zero), and at most 100 years, so that no arithmetic on it can
+ * overflow later.
  */
-/* Check an interval setting: not negative (or, with positive, above zero), no months. */
 static Datum
 CounterCheckInterval(Datum d, const char *what, bool positive)
 {
 	Interval   *iv = DatumGetIntervalP(d);
-	int64		us = iv->time + (int64) iv->day * USECS_PER_DAY;
+	int128		us = (int128) iv->time + (int128) iv->day * USECS_PER_DAY;
 
 	if (iv->month != 0)
 		ereport(ERROR,
@@ -481,43 +480,77 @@ CounterCheckInterval(Datum d, const char *what, bool positive)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be %s", what, positive ? "positive" : "zero or positive")));
+	if (us > COUNTER_MAX_INTERVAL_US)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most 36525 days (100 years)", what)));
 	return d;
 }
 
+/* Unpack a one-dimensional array setting without nulls; returns its length. */
+static int
+CounterSettingArray(ArrayType *arr, Oid elemtype, int elemlen, bool byval, char align,
+					const char *what, Datum **elems)
+{
+	bool	   *isnull;
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", what)));
+	if (array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not contain nulls", what)));
+	deconstruct_array(arr, elemtype, elemlen, byval, align, elems, &isnull, &n);
+	return n;
+}
+
 /*
- * Check new trend spans and/or weights: one weight per span, spans positive
- * and without months, no nulls.  A side not given must match the other's
- * length as stored (checked by the table's constraint).
+ * Check new trend spans and/or weights: one weight per span (a side not
+ * given keeps its stored length), 1 to COUNTER_MAX_SPANS spans, each
+ * positive and at most 100 years, weights finite and at most 1e15.
  */
 static void
 CounterCheckTrend(ArrayType *spans, ArrayType *weights, const CounterDef *def)
 {
-	if (spans && weights &&
-		ArrayGetNItems(ARR_NDIM(spans), ARR_DIMS(spans)) !=
-		ArrayGetNItems(ARR_NDIM(weights), ARR_DIMS(weights)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("trend_spans and trend_weights must have the same length")));
-	if ((spans && array_contains_nulls(spans)) || (weights && array_contains_nulls(weights)))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("trend_spans and trend_weights must not contain nulls")));
+	int			nspans = def->nspans;
+	int			nweights = def->nspans;
+	Datum	   *elems;
+	int			i;
+
 	if (spans)
 	{
-		Datum	   *elems;
-		bool	   *isnull;
-		int			n;
-		int			i;
-
-		deconstruct_array(spans, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE,
-						  &elems, &isnull, &n);
-		if (n == 0)
+		nspans = CounterSettingArray(spans, INTERVALOID, sizeof(Interval), false,
+									 TYPALIGN_DOUBLE, "trend_spans", &elems);
+		if (nspans == 0 || nspans > COUNTER_MAX_SPANS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("trend_spans must not be empty")));
-		for (i = 0; i < n; i++)
+					 errmsg("trend_spans must have between 1 and %d spans", COUNTER_MAX_SPANS)));
+		for (i = 0; i < nspans; i++)
 			CounterCheckInterval(elems[i], "each trend span", true);
 	}
+	if (weights)
+	{
+		nweights = CounterSettingArray(weights, FLOAT8OID, 8, FLOAT8PASSBYVAL,
+									   TYPALIGN_DOUBLE, "trend_weights", &elems);
+		for (i = 0; i < nweights; i++)
+		{
+			double		w = DatumGetFloat8(elems[i]);
+
+			if (isnan(w) || isinf(w) || fabs(w) > 1e15)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("each trend weight must be a finite number of at most 1e15 in size")));
+		}
+	}
+	if (nspans != nweights)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trend_spans and trend_weights must have the same length"),
+				 errdetail("There would be %d spans and %d weights.", nspans, nweights),
+				 errhint("Give both, e.g. trend_spans => '{1 hour, 1 day}', trend_weights => '{1, 0.5}'.")));
 }
 
 /* Check a limit setting: zero (no limit) or positive. */
@@ -530,29 +563,97 @@ CounterCheckLimit(int64 v, const char *what)
 				 errmsg("%s must be zero (no limit) or positive", what)));
 }
 
+/*
+ * Check a Redis prefix or stream name for def: 1 to 200 bytes, not in the
+ * worker's own namespace, and clear of every other owner's: a prefix may
+ * neither start with nor be the start of another owner's prefix, and a
+ * stream may not be another owner's, so that nobody's keys or entries can
+ * be drawn into someone else's counter.  Inside the private scope.
+ */
+static void
+CounterCheckRedisName(const CounterDef *def, const char *column, const char *value)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, OIDOID};
+	Datum		values[3];
+	int			rc;
+
+	if (strlen(value) > 200)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have between 1 and 200 characters", column),
+				 errhint("An empty string stops the counter draining it.")));
+	if (strncmp(value, "counter:", 8) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_RESERVED_NAME),
+				 errmsg("%s \"%s\" is in the extension's own namespace", column, value),
+				 errdetail("Redis keys starting with \"counter:\" are the worker's in-flight and quarantine records.")));
+	values[0] = Int32GetDatum(def->id);
+	values[1] = CStringGetTextDatum(value);
+	values[2] = ObjectIdGetDatum(def->owner);
+	if (strcmp(column, "redis_prefix") == 0)
+		rc = SPI_execute_with_args("SELECT name, redis_prefix FROM counter.definition"
+								   " WHERE id <> $1 AND owner::oid <> $3 AND redis_prefix IS NOT NULL"
+								   " AND (starts_with(redis_prefix, $2) OR starts_with($2, redis_prefix))"
+								   " ORDER BY id LIMIT 1",
+								   3, argtypes, values, NULL, true, 1);
+	else
+		rc = SPI_execute_with_args("SELECT name, redis_stream FROM counter.definition"
+								   " WHERE id <> $1 AND owner::oid <> $3 AND redis_stream = $2"
+								   " ORDER BY id LIMIT 1",
+								   3, argtypes, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "checking %s failed: %s", column, SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("%s \"%s\" clashes with counter \"%s\", which another role owns",
+						column, value, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 strcmp(column, "redis_prefix") == 0 ?
+				 errdetail("That counter drains the keys \"%s*\"; a prefix may neither start with nor be the start of another owner's prefix.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)) :
+				 errdetail("That counter reads the stream \"%s\"; a stream another owner's counter reads is not yours to read.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+				 errhint("Choose a %s of your own.", column)));
+}
+
+/*
+ * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
+ * max_per_actor, rate_window, max_delta, minute_retention, hour_retention,
+ * day_retention, half_life, trend_spans, trend_weights, redis_stream):
+ * change a counter's settings online; arguments left null keep their
+ * value, and an empty redis_prefix or redis_stream stops that drain.
+ * Every setting is checked first, so a refused alter changes nothing.
+ * Every slot and mode writes the same tally rows, so no increment in
+ * flight is lost whichever setting a concurrent writer still has cached.
+ */
 Datum
 counter_alter(PG_FUNCTION_ARGS)
 {
+#define COUNTER_ALTER_ARGS 15
 	CounterDef	def;
 	CounterScope scope;
-	Oid			argtypes[14] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
+	Oid			argtypes[COUNTER_ALTER_ARGS] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
 		INTERVALOID, INT4OID, INTERVALOID, INT8OID,
 		INTERVALOID, INTERVALOID, INTERVALOID, INTERVALOID,
-	INTERVALARRAYOID, FLOAT8ARRAYOID};
-	Datum		values[14];
-	char		nulls[14] = {' ', 'n', 'n', 'n', 'n', 'n', 'n', 'n',
-	'n', 'n', 'n', 'n', 'n', 'n'};
+	INTERVALARRAYOID, FLOAT8ARRAYOID, TEXTOID};
+	Datum		values[COUNTER_ALTER_ARGS];
+	char		nulls[COUNTER_ALTER_ARGS];
+	bool		clear_prefix = false;
+	bool		clear_stream = false;
 	int			i;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("counter must not be null")));
+	PreventCommandIfReadOnly("counter.alter()");
 	CounterGetById(PG_GETARG_INT32(0), &def);
 	CounterCheckOwner(&def);
 	values[0] = Int32GetDatum(def.id);
-	for (i = 1; i < 14; i++)
+	nulls[0] = ' ';
+	for (i = 1; i < COUNTER_ALTER_ARGS; i++)
 	{
+		nulls[i] = 'n';
 		if (PG_NARGS() <= i || PG_ARGISNULL(i))
 			continue;
 		nulls[i] = ' ';
@@ -562,15 +663,6 @@ counter_alter(PG_FUNCTION_ARGS)
 		values[1] = CStringGetTextDatum(CounterModeName(CounterParseMode(TextDatumGetCString(values[1]))));
 	if (nulls[2] == ' ')
 		CounterCheckSlots(DatumGetInt32(values[2]));
-	if (nulls[3] == ' ')
-	{
-		char	   *prefix = TextDatumGetCString(values[3]);
-
-		if (prefix[0] == '\0' || strlen(prefix) > 200)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("redis_prefix must have between 1 and 200 characters")));
-	}
 	if (nulls[4] == ' ')
 		CounterCheckInterval(values[4], "dedup_window", false);
 	if (nulls[5] == ' ')
@@ -593,22 +685,41 @@ counter_alter(PG_FUNCTION_ARGS)
 						  &def);
 
 	CounterEnter(&scope);
-	CounterExec("UPDATE counter.definition SET"
-				" mode = coalesce($2, mode),"
-				" slots = coalesce($3, slots),"
-				" redis_prefix = coalesce($4, redis_prefix),"
-				" dedup_window = coalesce($5, dedup_window),"
-				" max_per_actor = coalesce($6, max_per_actor),"
-				" rate_window = coalesce($7, rate_window),"
-				" max_delta = coalesce($8, max_delta),"
-				" minute_retention = coalesce($9, minute_retention),"
-				" hour_retention = coalesce($10, hour_retention),"
-				" day_retention = coalesce($11, day_retention),"
-				" half_life = coalesce($12, half_life),"
-				" trend_spans = coalesce($13, trend_spans),"
-				" trend_weights = coalesce($14, trend_weights)"
-				" WHERE id = $1",
-				14, argtypes, values, nulls);
+	if (nulls[3] == ' ')
+	{
+		char	   *prefix = TextDatumGetCString(values[3]);
+
+		clear_prefix = prefix[0] == '\0';
+		if (!clear_prefix)
+			CounterCheckRedisName(&def, "redis_prefix", prefix);
+	}
+	if (nulls[14] == ' ')
+	{
+		char	   *stream = TextDatumGetCString(values[14]);
+
+		clear_stream = stream[0] == '\0';
+		if (!clear_stream)
+			CounterCheckRedisName(&def, "redis_stream", stream);
+	}
+	CounterExec(psprintf("UPDATE counter.definition SET"
+						 " mode = coalesce($2, mode),"
+						 " slots = coalesce($3, slots),"
+						 " redis_prefix = %s,"
+						 " dedup_window = coalesce($5, dedup_window),"
+						 " max_per_actor = coalesce($6, max_per_actor),"
+						 " rate_window = coalesce($7, rate_window),"
+						 " max_delta = coalesce($8, max_delta),"
+						 " minute_retention = coalesce($9, minute_retention),"
+						 " hour_retention = coalesce($10, hour_retention),"
+						 " day_retention = coalesce($11, day_retention),"
+						 " half_life = coalesce($12, half_life),"
+						 " trend_spans = coalesce($13, trend_spans),"
+						 " trend_weights = coalesce($14, trend_weights),"
+						 " redis_stream = %s"
+						 " WHERE id = $1",
+						 clear_prefix ? "NULL::text" : "coalesce($4, redis_prefix)",
+						 clear_stream ? "NULL::text" : "coalesce($15, redis_stream)"),
+				COUNTER_ALTER_ARGS, argtypes, values, nulls);
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();
@@ -656,7 +767,9 @@ counter_definition_changed(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "counter_definition_changed: not called as a trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("counter.definition_changed() can only be called as a trigger")));
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
 	return PointerGetDatum(NULL);
 }

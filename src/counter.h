@@ -30,6 +30,8 @@
 
 #define COUNTER_NAME_MAXLEN 63
 #define COUNTER_MAX_SPANS 16
+/* Bytes a text key may have (its index entry must fit a btree page). */
+#define COUNTER_TEXT_KEY_MAXLEN 1000
 /* The longest interval a setting may be: 100 years (36,525 days). */
 #define COUNTER_MAX_INTERVAL_US (INT64CONST(36525) * USECS_PER_DAY)
 #define COUNTER_MAX_SLOTS 1024
@@ -128,6 +130,30 @@ typedef struct CounterChangedKey
 	int32		counter_id;
 	int64		key;
 } CounterChangedKey;
+
+/*
+ * One item a source read (a folded amount, a Redis key or stream entry, a
+ * Kafka message), on its way into the tables through source_apply.c.
+ */
+typedef struct CounterSourceItem
+{
+	char	   *item;			/* its key, entry id or offset: bytes */
+	size_t		item_len;
+	char	   *value;			/* its value or fields as read: bytes */
+	size_t		value_len;
+	int32		counter_id;		/* 0: belongs to no counter */
+	char	   *keytext;		/* a text key to map to its id, or NULL */
+	int64		key;
+	int64		delta;
+	TimestampTz bucket;
+	char	   *event;			/* event id, or NULL */
+	bool		accepted;		/* checked already (a buffered increment) */
+	const char *reason;			/* why it is quarantined, or NULL */
+	bool		deduplicated;	/* refused as a duplicate event */
+} CounterSourceItem;
+
+/* Bytes of an item or value a quarantine row and a log line keep. */
+#define COUNTER_SHOW_MAX 1024
 
 /* Per-counter statistics, counted at commit. */
 typedef enum CounterStat
@@ -383,9 +409,17 @@ extern int64 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds,
 							   void (*on_error) (const char *what, MemoryContext cxt));
 
-/* source_apply.c: what the ingest process hooks into every source */
+/* source_apply.c: what every source shares */
 extern void (*counter_source_yield_hook) (void);
 extern void CounterSourceYield(void);
+extern char *CounterBytes(const char *s, size_t len);
+extern char *CounterSafeText(const char *s, size_t len, size_t max);
+extern void CounterSourceBegin(void);
+extern void CounterSourceCommit(void);
+extern MemoryContext CounterSourceContext(void);
+extern void CounterSourceApply(const char *source, const char *origin,
+							   CounterSourceItem *items, int n, int16 slot);
+extern int64 CounterSourceCountStats(CounterSourceItem *items, int n, CounterStat stat);
 
 /* worker.c: what every background process shares */
 extern volatile sig_atomic_t counter_shutdown_requested;

@@ -1,18 +1,18 @@
 /*
  * counter_redis.h
  *		Declarations shared by the Redis ingestion files, from the bottom up:
- *		redis_conn.c (connections, topology, backoff, status), source_apply.c
- *		(what every source shares to apply what it read), redis_keys.c
+ *		redis_conn.c (connections, topology, backoff, status), redis_keys.c
  *		(exactly-once drain of INCR keys), redis_stream.c (stream events) and
- *		redis.c (the worker's round, the SQL status functions).
+ *		redis.c (the round, the SQL status functions).  What every source
+ *		shares to apply what it read is source_apply.c's (counter.h).
  *
- * Everything here runs in the background worker only, single-threaded; the
- * one piece of shared state is the status array in CounterShared, written by
- * the worker and read by counter.redis_status(), both under
+ * Everything here runs in a database's ingest process only, single-threaded;
+ * the one piece of shared state is the status array in the database's slot,
+ * written by it and read by counter.redis_status(), both under
  * counter_shared->mutex.  No redisReply is ever alive while Postgres code
  * that can raise an ERROR runs: replies are copied into palloc'd items and
  * freed first.  Bytes from Redis are binary: every copy keeps its length
- * (CounterRedisBytes), and nothing parses them as C strings unchecked.
+ * (CounterBytes), and nothing parses them as C strings unchecked.
  */
 #ifndef COUNTER_REDIS_H
 #define COUNTER_REDIS_H
@@ -22,17 +22,14 @@
 #include <hiredis/hiredis.h>
 
 /* Names of the worker's own keys in Redis; never drained as counter keys. */
+#define COUNTER_REDIS_OWN "counter:"
 #define COUNTER_REDIS_INFLIGHT "counter:inflight:"
 #define COUNTER_REDIS_QUARANTINE "counter:quarantine:"
 
-/*
- * Bytes of a quarantined value kept in the in-flight record and the table;
- * the Redis quarantine hash keeps the value whole.
- */
-#define COUNTER_REDIS_SHOW_MAX 1024
-
 /* Hash slots of a Redis Cluster. */
 #define COUNTER_REDIS_SLOTS 16384
+#define COUNTER_REDIS_MAX_RANGES 64
+#define COUNTER_REDIS_MAX_STREAMS 64
 
 typedef enum CounterRedisKind
 {
@@ -40,6 +37,14 @@ typedef enum CounterRedisKind
 	COUNTER_REDIS_PLAIN,		/* a standalone master */
 	COUNTER_REDIS_CLUSTER		/* a master of a Redis Cluster */
 } CounterRedisKind;
+
+/* A master's state of one stream it holds. */
+typedef struct CounterRedisStreamState
+{
+	char		name[256];
+	bool		ready;			/* consumer group made */
+	bool		pending;		/* re-read our own unacked entries first */
+} CounterRedisStreamState;
 
 /* One Redis master the worker drains. */
 typedef struct CounterRedisTarget
@@ -56,40 +61,27 @@ typedef struct CounterRedisTarget
 	int			failures;		/* consecutive failed connects */
 	bool		down_logged;	/* an outage was logged; log the recovery */
 	bool		need_recovery;	/* look for leftover in-flight batches */
-	bool		owns_stream;	/* the stream's key lives here */
-	bool		stream_ready;	/* consumer group made */
-	bool		stream_pending;	/* re-read our own unacked entries first */
-	TimestampTz last_autoclaim;
+	int			nranges;		/* cluster slots it serves (a cluster master) */
+	uint16		range_lo[COUNTER_REDIS_MAX_RANGES];
+	uint16		range_hi[COUNTER_REDIS_MAX_RANGES];
+	char		scan_cursor[32];	/* where the key scan goes on */
+	int64		scan_found;		/* counters' keys found in this pass */
+	int			nstreams;
+	CounterRedisStreamState streams[COUNTER_REDIS_MAX_STREAMS];
 	char		sha[41];		/* SHA1 of the claim script on this server */
-	int64		backlog;		/* keys found by the last scan */
+	int64		backlog;		/* counters' keys found by the last full pass */
 } CounterRedisTarget;
 
-/* A counter as the drain sees it: id, name, key type and Redis prefix. */
+/* A counter as the drain sees it: id, name, key type, Redis prefix and stream. */
 typedef struct CounterRedisCounter
 {
 	int32		id;
 	char		name[COUNTER_NAME_MAXLEN + 1];
 	CounterKeyType key_type;
-	char	   *prefix;
+	char	   *prefix;			/* NULL: its keys are not drained */
 	int			prefix_len;
+	char	   *stream;			/* NULL: it reads no stream */
 } CounterRedisCounter;
-
-/* One drained amount (or quarantined item) on its way into the tables. */
-typedef struct CounterRedisItem
-{
-	char	   *rkey;			/* the Redis key or stream entry id */
-	size_t		rkey_len;
-	char	   *value;			/* value as read, for quarantine */
-	size_t		value_len;
-	bool		quarantine;
-	const char *reason;
-	const CounterRedisCounter *counter;
-	char	   *keytext;		/* key part, for text keys and events */
-	int64		key;
-	int64		delta;
-	TimestampTz bucket;
-	char	   *event;			/* event id of a stream entry, or NULL */
-} CounterRedisItem;
 
 /* redis_conn.c */
 extern CounterDbSlot *CounterRedisStatusSlot(void);
@@ -113,19 +105,7 @@ extern int	CounterRedisTargetIndex(CounterRedisTarget *t);
 extern const char *CounterRedisSeedLabel(CounterRedisTarget *t);
 extern void CounterRedisResetSoon(void);
 extern unsigned int CounterRedisSlot(const char *key, size_t len);
-
-/* source_apply.c */
-extern char *CounterRedisBytes(const char *s, size_t len);
-extern char *CounterRedisSafeText(const char *s, size_t len, size_t max);
-extern void CounterRedisTxnBegin(CounterScope *scope);
-extern MemoryContext CounterRedisTxnContext(void);
-extern void CounterRedisTxnCommit(CounterScope *scope);
-extern void CounterRedisCountStats(CounterRedisItem *items, int n);
-extern int64 CounterRedisMapKeys(CounterRedisItem *items, int n);
-extern void CounterRedisApplyItems(CounterRedisItem *items, int n,
-								   bool skip_events);
-extern void CounterRedisQuarantineRows(CounterRedisTarget *t,
-									   CounterRedisItem *items, int n);
+extern bool CounterRedisHolds(CounterRedisTarget *t, const char *key);
 
 /* redis_keys.c */
 extern const char *counter_redis_claim_script;
@@ -141,7 +121,9 @@ extern bool CounterRedisDrainKeys(CounterRedisTarget *t,
 extern void CounterRedisExpireBatches(void);
 
 /* redis_stream.c */
-extern bool CounterRedisDrainStream(CounterRedisTarget *t, TimestampTz deadline,
-									bool *more);
+extern bool CounterRedisDrainStreams(CounterRedisTarget *t,
+									 const CounterRedisCounter *counters,
+									 int ncounters, TimestampTz deadline,
+									 bool *more);
 
 #endif							/* COUNTER_REDIS_H */

@@ -129,10 +129,10 @@ CounterGucInit(void)
 							50000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("counter.redis_stream",
-							   "Redis stream of increment events the worker reads; empty for none.",
-							   NULL,
+							   "No longer read: each counter names its stream, with counter.alter(c, redis_stream => ...).",
+							   "An upgrade from 0.1 assigns the stream set here to every counter.",
 							   &counter_redis_stream, "",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   PGC_SIGHUP, GUC_NO_SHOW_ALL, NULL, NULL, NULL);
 	DefineCustomStringVariable("counter.redis_stream_group",
 							   "Consumer group the worker reads the stream through.",
 							   NULL,

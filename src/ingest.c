@@ -40,16 +40,14 @@ PG_FUNCTION_INFO_V1(counter_flush);
 static CounterDbSlot *my_slot = NULL;
 static TimestampTz last_fold_at = 0;	/* start of the last fold */
 static int64 round_items = 0;	/* amounts folded in this round */
+static char *my_dbname = NULL;	/* this database's name, for quarantine rows */
 
-/* Amounts a fold has taken from the buffer, as arrays for one statement. */
+/* Amounts a fold has taken from the buffer, as items of a source. */
 typedef struct FoldBatch
 {
 	int			n;
 	int			cap;
-	Datum	   *ids;
-	Datum	   *keys;
-	Datum	   *buckets;
-	Datum	   *deltas;
+	CounterSourceItem *items;
 } FoldBatch;
 
 /* Drain callback: append one amount to the batch. */
@@ -58,20 +56,25 @@ CounterFoldCollect(void *arg, int32 counter_id, int64 key, TimestampTz bucket,
 				   int64 delta)
 {
 	FoldBatch  *b = arg;
+	CounterSourceItem *it;
 
 	if (b->n == b->cap)
 	{
 		b->cap = Max(b->cap * 2, 1024);
-		b->ids = repalloc_huge(b->ids, sizeof(Datum) * b->cap);
-		b->keys = repalloc_huge(b->keys, sizeof(Datum) * b->cap);
-		b->buckets = repalloc_huge(b->buckets, sizeof(Datum) * b->cap);
-		b->deltas = repalloc_huge(b->deltas, sizeof(Datum) * b->cap);
+		b->items = repalloc_huge(b->items, sizeof(CounterSourceItem) * b->cap);
 	}
-	b->ids[b->n] = Int32GetDatum(counter_id);
-	b->keys[b->n] = Int64GetDatum(key);
-	b->buckets[b->n] = TimestampTzGetDatum(bucket);
-	b->deltas[b->n] = Int64GetDatum(delta);
-	b->n++;
+	it = &b->items[b->n++];
+	memset(it, 0, sizeof(*it));
+	it->counter_id = counter_id;
+	it->key = key;
+	it->bucket = bucket;
+	it->delta = delta;
+	it->accepted = true;		/* checked when it was incremented */
+	/* what a quarantine row would show: the key and the amount */
+	it->item = psprintf(INT64_FORMAT, key);
+	it->item_len = strlen(it->item);
+	it->value = psprintf(INT64_FORMAT, delta);
+	it->value_len = strlen(it->value);
 }
 
 /*
@@ -91,91 +94,11 @@ CounterFoldHorizon(void)
 }
 
 /*
- * Record a buffered amount that cannot be applied in counter.quarantine and
- * log it (inside the scope, in the fold's transaction).  Committing the
- * fold then takes it out of the buffer: it is kept, not counted.
- */
-static void
-CounterFoldQuarantine(int32 counter_id, int64 key, TimestampTz bucket,
-					  int64 delta, const char *reason)
-{
-	Oid			argtypes[5] = {INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, TEXTOID};
-	Datum		values[5];
-	int			rc;
-
-	values[0] = Int32GetDatum(counter_id);
-	values[1] = Int64GetDatum(key);
-	values[2] = TimestampTzGetDatum(bucket);
-	values[3] = Int64GetDatum(delta);
-	values[4] = CStringGetTextDatum(reason);
-	rc = SPI_execute_with_args("INSERT INTO counter.quarantine"
-							   " (source, origin, item, value, counter_id, key, bucket, delta, reason)"
-							   " VALUES ('buffer', pg_catalog.current_database(),"
-							   "  $2::pg_catalog.text, $4::pg_catalog.text, $1, $2, $3, $4, $5)",
-							   5, argtypes, values, NULL, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "recording a quarantined buffered amount failed: %s",
-			 SPI_result_code_string(rc));
-	ereport(WARNING,
-			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-			 errmsg("counter worker: quarantined a buffered amount of " INT64_FORMAT " for key " INT64_FORMAT " of counter %d: %s",
-					delta, key, counter_id, reason),
-			 errdetail("The increments were committed but cannot be added to the tally; see counter.quarantine.")));
-}
-
-/*
- * Fold one batch amount by amount, each in its own subtransaction: an amount
- * that fails with a data exception (class 22: a key whose total would leave
- * bigint) is recorded in counter.quarantine and logged instead of applied,
- * so one bad amount never holds back the others.  Any other error (a lock
- * timeout, a cancel) still fails the whole fold, which is then retried.
- * Runs inside the scope, after a batch fold failed.
- */
-static void
-CounterFoldCareful(FoldBatch *b)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile int i;
-
-	for (i = 0; i < b->n; i++)
-	{
-		BeginInternalSubTransaction(NULL);
-		PG_TRY();
-		{
-			CounterApplyBatch(NULL, 1, &b->ids[i], &b->keys[i], &b->buckets[i],
-							  &b->deltas[i], COUNTER_SLOT_FOLD);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
-				ReThrowError(edata);
-			CounterFoldQuarantine(DatumGetInt32(b->ids[i]),
-								  DatumGetInt64(b->keys[i]),
-								  DatumGetTimestampTz(b->buckets[i]),
-								  DatumGetInt64(b->deltas[i]), edata->message);
-			FreeErrorData(edata);
-		}
-		PG_END_TRY();
-	}
-}
-
-/*
  * One fold: move the buffer's pending deltas into the tables in one
- * transaction.  On failure the deltas go back to the buffer and the next
- * fold goes amount by amount (CounterFoldCareful).  Returns the number of
- * amounts folded (-1 on failure).
+ * transaction, through the apply every source shares: an amount that
+ * cannot be applied (a key whose total would leave bigint) is quarantined
+ * alone.  On any other failure every amount goes back to the buffer, for
+ * the next fold.  Returns the number of amounts folded (-1 on failure).
  *
  * Locals set inside PG_TRY and read in PG_CATCH are volatile: without that
  * the compiler may keep them in registers that longjmp restores, and the
@@ -184,7 +107,6 @@ CounterFoldCareful(FoldBatch *b)
 static int
 CounterFold(void)
 {
-	static bool careful = false;
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile TransactionId xid = InvalidTransactionId;
 	FoldBatch  *batch;
@@ -196,18 +118,11 @@ CounterFold(void)
 	CounterProcState("folding");
 	batch = palloc0(sizeof(FoldBatch));
 	batch->cap = 1024;
-	batch->ids = palloc(sizeof(Datum) * batch->cap);
-	batch->keys = palloc(sizeof(Datum) * batch->cap);
-	batch->buckets = palloc(sizeof(Datum) * batch->cap);
-	batch->deltas = palloc(sizeof(Datum) * batch->cap);
+	batch->items = palloc(sizeof(CounterSourceItem) * batch->cap);
 
 	PG_TRY();
 	{
-		CounterScope scope;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		CounterSourceBegin();
 		if (CounterInstalledHere())
 		{
 			MemoryContext xcxt = MemoryContextSwitchTo(cxt);
@@ -217,32 +132,22 @@ CounterFold(void)
 			result = CounterBufDrain(xid, CounterFoldHorizon(),
 									 start - (int64) counter_flush_interval * 1500,
 									 CounterFoldCollect, batch);
-			MemoryContextSwitchTo(xcxt);
 			if (batch->n > 0)
-			{
-				CounterEnter(&scope);
-				if (careful)
-					CounterFoldCareful(batch);
-				else
-					CounterApplyBatch(NULL, batch->n, batch->ids, batch->keys,
-									  batch->buckets, batch->deltas,
-									  COUNTER_SLOT_FOLD);
-				CounterLeave(&scope);
-			}
+				CounterSourceApply("buffer", my_dbname, batch->items, batch->n,
+								   COUNTER_SLOT_FOLD);
+			MemoryContextSwitchTo(xcxt);
 		}
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		careful = false;
+		CounterSourceCommit();
 	}
 	PG_CATCH();
 	{
 		CounterReportFailure("fold", cxt);
 		if (TransactionIdIsValid(xid))
 			CounterBufUndrain(xid);
-		careful = true;
 		result = -1;
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
 
 	if (result > 0)
 	{
@@ -251,9 +156,9 @@ CounterFold(void)
 
 		for (i = 0; i < batch->n; i++)
 		{
-			CounterStatsEntry *e = CounterStatsFor(DatumGetInt32(batch->ids[i]));
+			CounterStatsEntry *e = CounterStatsFor(batch->items[i].counter_id);
 
-			if (e)
+			if (e && batch->items[i].reason == NULL)
 			{
 				pg_atomic_fetch_add_u64(&e->n[COUNTER_STAT_FOLDED], 1);
 				pg_atomic_write_u64(&e->last_fold, (uint64) end);
@@ -266,10 +171,7 @@ CounterFold(void)
 		my_slot->folded_deltas += batch->n;
 		SpinLockRelease(&counter_shared->mutex);
 	}
-	pfree(batch->ids);
-	pfree(batch->keys);
-	pfree(batch->buckets);
-	pfree(batch->deltas);
+	pfree(batch->items);
 	pfree(batch);
 	return result;
 }
@@ -389,6 +291,7 @@ CounterIngestMain(Datum arg)
 	StartTransactionCommand();
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dbid));
 	CommitTransactionCommand();
+	my_dbname = dbname;
 	if (!CounterInstalledNow())
 	{
 		CounterMarkIdle(my_slot);

@@ -108,7 +108,8 @@ counter_get(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("max_age must not be given in months or years")));
-		max_age_us = max_age->time + max_age->day * USECS_PER_DAY;
+		/* capped at 100 years: a longer age means any cached total */
+		max_age_us = CounterIntervalUs(max_age);
 		if (max_age_us < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -226,6 +227,10 @@ counter_get_many(PG_FUNCTION_ARGS)
 						def.key_type == COUNTER_KEY_TEXT ? "text" : "bigint"),
 				 errhint("Pass the keys as %s.",
 						 def.key_type == COUNTER_KEY_TEXT ? "text[]" : "bigint[]")));
+	if (ARR_NDIM(PG_GETARG_ARRAYTYPE_P(1)) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("keys must be a one-dimensional array")));
 	InitMaterializedSRF(fcinfo, 0);
 	values[0] = Int32GetDatum(def.id);
 	values[1] = PG_GETARG_DATUM(1);

@@ -46,43 +46,48 @@ CounterRedisWaitMs(long fold_ms)
 	return Min(fold_ms, (long) ((next_round - now) / 1000) + 1);
 }
 
-/* Load every counter with its prefix, longest prefix first (own transaction). */
+/*
+ * Load the counters that drain Redis (a prefix or a stream), longest prefix
+ * first, in a transaction of its own; into the caller's memory context.
+ */
 static CounterRedisCounter *
 CounterRedisLoadCounters(int *n)
 {
 	CounterScope scope;
 	CounterRedisCounter *counters;
+	MemoryContext cxt = CurrentMemoryContext;
 	int			rc;
 	uint64		i;
 
-	CounterRedisTxnBegin(&scope);
-	rc = SPI_execute("SELECT id, name, key_type,"
-					 " coalesce(redis_prefix, name OPERATOR(pg_catalog.||) ':') AS p"
+	CounterSourceBegin();
+	CounterEnter(&scope);
+	rc = SPI_execute("SELECT id, name, key_type, redis_prefix, redis_stream"
 					 " FROM counter.definition"
-					 " ORDER BY pg_catalog.octet_length(coalesce(redis_prefix, name OPERATOR(pg_catalog.||) ':')) DESC, id",
+					 " WHERE redis_prefix IS NOT NULL OR redis_stream IS NOT NULL"
+					 " ORDER BY pg_catalog.octet_length(redis_prefix) DESC NULLS LAST, id",
 					 true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading counters for Redis failed: %s", SPI_result_code_string(rc));
-	counters = MemoryContextAllocZero(CounterRedisTxnContext(),
-									  sizeof(CounterRedisCounter) * Max(SPI_processed, 1));
+	counters = MemoryContextAllocZero(cxt, sizeof(CounterRedisCounter) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		MemoryContext old;
+		char	   *prefix = SPI_getvalue(tup, desc, 4);
+		char	   *stream = SPI_getvalue(tup, desc, 5);
 
 		counters[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		strlcpy(counters[i].name, SPI_getvalue(tup, desc, 2), sizeof(counters[i].name));
 		counters[i].key_type = strcmp(SPI_getvalue(tup, desc, 3), "text") == 0 ?
 			COUNTER_KEY_TEXT : COUNTER_KEY_BIGINT;
-		old = MemoryContextSwitchTo(CounterRedisTxnContext());
-		counters[i].prefix = pstrdup(SPI_getvalue(tup, desc, 4));
-		MemoryContextSwitchTo(old);
-		counters[i].prefix_len = strlen(counters[i].prefix);
+		counters[i].prefix = prefix ? MemoryContextStrdup(cxt, prefix) : NULL;
+		counters[i].prefix_len = prefix ? strlen(prefix) : 0;
+		counters[i].stream = stream ? MemoryContextStrdup(cxt, stream) : NULL;
 	}
 	*n = (int) SPI_processed;
-	CounterRedisTxnCommit(&scope);
+	CounterLeave(&scope);
+	CounterSourceCommit();
 	return counters;
 }
 
@@ -130,8 +135,7 @@ CounterRedisTargetRound(CounterRedisTarget *t, const CounterRedisCounter *counte
 		return;
 	if (!CounterRedisDrainKeys(t, counters, ncounters, deadline, &more))
 		return;
-	if (t->owns_stream && counter_redis_stream[0] &&
-		!CounterRedisDrainStream(t, deadline, &more))
+	if (!CounterRedisDrainStreams(t, counters, ncounters, deadline, &more))
 		return;
 	SpinLockAcquire(&counter_shared->mutex);
 	if (i < rs->redis_nmasters)
@@ -160,6 +164,7 @@ CounterRedisRound(void)
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz deadline;
 	volatile int i;
+	volatile int guard = 0;
 
 	if (CounterRedisCheckConfig())
 	{
@@ -192,41 +197,36 @@ CounterRedisRound(void)
 	}
 	PG_END_TRY();
 
-	/* seeds may expand into cluster masters while we go */
-	for (i = 0;; i++)
+	/*
+	 * Seeds may turn into cluster masters as we go: a target replaced or
+	 * removed at i is looked at again at i, so none is skipped (a master
+	 * just found connects in this round too).
+	 */
+	for (i = 0;;)
 	{
 		int			ntargets;
 		CounterRedisTarget *targets = CounterRedisTargets(&ntargets);
 		CounterRedisTarget *volatile t;
+		char		label[128];
 
-		if (i >= ntargets)
+		if (i >= ntargets || CounterRedisStopSoon())
 			break;
 		t = &targets[i];
-
+		strlcpy(label, t->label, sizeof(label));
 		PG_TRY();
 		{
 			CounterRedisTargetRound(t, counters, ncounters, deadline);
 		}
 		PG_CATCH();
 		{
-			CounterRedisCaught(t, cxt, t->label);
+			CounterRedisCaught(t, cxt, label);
 		}
 		PG_END_TRY();
-		if (t->kind == COUNTER_REDIS_CLUSTER && t->ctx == NULL &&
-			GetCurrentTimestamp() >= t->retry_at && !CounterRedisStopSoon() &&
-			t->failures == 0)
-		{
-			/* a master just found: connect it in this round too */
-			PG_TRY();
-			{
-				CounterRedisTargetRound(t, counters, ncounters, deadline);
-			}
-			PG_CATCH();
-			{
-				CounterRedisCaught(t, cxt, t->label);
-			}
-			PG_END_TRY();
-		}
+		targets = CounterRedisTargets(&ntargets);
+		if (i < ntargets && strcmp(targets[i].label, label) == 0)
+			i++;
+		else if (++guard > 4 * COUNTER_REDIS_MAX_MASTERS)
+			break;
 	}
 
 	if (now >= next_expiry)

@@ -274,6 +274,7 @@ CounterRedisResetTargets(void)
 		CounterRedisTarget *t = &targets[ntargets++];
 
 		t->kind = COUNTER_REDIS_SEED;
+		strlcpy(t->scan_cursor, "0", sizeof(t->scan_cursor));
 		t->seed = i;
 		strlcpy(t->host, seeds[i].host, sizeof(t->host));
 		t->port = seeds[i].port;
@@ -391,7 +392,8 @@ CounterRedisFail(CounterRedisTarget *t, const char *what, const char *detail)
 		t->ctx = NULL;
 	}
 	t->sha[0] = '\0';
-	t->stream_ready = false;
+	/* a new connection makes sure of every group and re-reads what is pending */
+	t->nstreams = 0;
 	t->need_recovery = true;
 	t->backoff_ms = t->backoff_ms == 0 ? COUNTER_REDIS_BACKOFF_MIN :
 		Min(t->backoff_ms * 2, COUNTER_REDIS_BACKOFF_MAX);
@@ -467,6 +469,7 @@ CounterRedisPipeline(CounterRedisTarget *t, int ncmds, int *argcs,
 		replies[i] = r;
 		if (replies[i]->type == REDIS_REPLY_ERROR &&
 			(strncmp(replies[i]->str, "MOVED", 5) == 0 ||
+			 strncmp(replies[i]->str, "ASK", 3) == 0 ||
 			 strncmp(replies[i]->str, "CLUSTERDOWN", 11) == 0))
 			reset_soon = true;
 	}
@@ -523,16 +526,31 @@ CounterRedisSimple(CounterRedisTarget *t, int argc, const char **argv,
 	return true;
 }
 
-/*
- * One master of a cluster, from CLUSTER SLOTS: its address and whether it
- * holds the stream's slot.
- */
+/* One master of a cluster, from CLUSTER SLOTS: its address and its slots. */
 typedef struct CounterRedisMaster
 {
 	char		host[256];
 	int			port;
-	bool		owns_stream;
+	int			nranges;
+	uint16		range_lo[COUNTER_REDIS_MAX_RANGES];
+	uint16		range_hi[COUNTER_REDIS_MAX_RANGES];
 } CounterRedisMaster;
+
+/* Whether a key lives on this master (every key does on a standalone one). */
+bool
+CounterRedisHolds(CounterRedisTarget *t, const char *key)
+{
+	unsigned int slot;
+	int			i;
+
+	if (t->kind != COUNTER_REDIS_CLUSTER)
+		return true;
+	slot = CounterRedisSlot(key, strlen(key));
+	for (i = 0; i < t->nranges; i++)
+		if (slot >= t->range_lo[i] && slot <= t->range_hi[i])
+			return true;
+	return false;
+}
 
 /*
  * Ask a seed whether it is part of a cluster.  Returns the number of masters
@@ -543,8 +561,6 @@ CounterRedisDiscover(CounterRedisTarget *t, CounterRedisMaster *masters)
 {
 	const char *argv[2] = {"CLUSTER", "SLOTS"};
 	redisReply *r = CounterRedisCommand(t, 2, argv, NULL);
-	unsigned int stream_slot = 0;
-	bool		has_stream = counter_redis_stream && counter_redis_stream[0];
 	int			n = 0;
 	size_t		i;
 
@@ -562,8 +578,6 @@ CounterRedisDiscover(CounterRedisTarget *t, CounterRedisMaster *masters)
 		CounterRedisFail(t, "CLUSTER SLOTS", "unexpected reply");
 		return -1;
 	}
-	if (has_stream)
-		stream_slot = CounterRedisSlot(counter_redis_stream, strlen(counter_redis_stream));
 	for (i = 0; i < r->elements; i++)
 	{
 		redisReply *range = r->element[i];
@@ -573,8 +587,11 @@ CounterRedisDiscover(CounterRedisTarget *t, CounterRedisMaster *masters)
 		int			k;
 
 		if (range->type != REDIS_REPLY_ARRAY || range->elements < 3 ||
+			range->element[0]->type != REDIS_REPLY_INTEGER ||
+			range->element[1]->type != REDIS_REPLY_INTEGER ||
 			range->element[2]->type != REDIS_REPLY_ARRAY ||
-			range->element[2]->elements < 2)
+			range->element[2]->elements < 2 ||
+			range->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
 			continue;
 		node = range->element[2];
 		host = (node->element[0]->type == REDIS_REPLY_STRING && node->element[0]->len > 0) ?
@@ -592,9 +609,11 @@ CounterRedisDiscover(CounterRedisTarget *t, CounterRedisMaster *masters)
 			masters[n].port = port;
 			n++;
 		}
-		if (has_stream && stream_slot >= (unsigned int) range->element[0]->integer &&
-			stream_slot <= (unsigned int) range->element[1]->integer)
-			masters[k].owns_stream = true;
+		if (masters[k].nranges < COUNTER_REDIS_MAX_RANGES)
+		{
+			masters[k].range_lo[masters[k].nranges] = (uint16) range->element[0]->integer;
+			masters[k].range_hi[masters[k].nranges++] = (uint16) range->element[1]->integer;
+		}
 	}
 	freeReplyObject(r);
 	return n;
@@ -655,10 +674,7 @@ CounterRedisConnect(CounterRedisTarget *t)
 		if (n < 0)
 			return false;
 		if (n == 0)
-		{
 			t->kind = COUNTER_REDIS_PLAIN;
-			t->owns_stream = true;
-		}
 		else
 		{
 			/* replace this seed with the masters; they connect next */
@@ -695,7 +711,10 @@ CounterRedisConnect(CounterRedisTarget *t)
 				m->seed = seedno;
 				strlcpy(m->host, masters[k].host, sizeof(m->host));
 				m->port = masters[k].port;
-				m->owns_stream = masters[k].owns_stream;
+				m->nranges = masters[k].nranges;
+				memcpy(m->range_lo, masters[k].range_lo, sizeof(m->range_lo));
+				memcpy(m->range_hi, masters[k].range_hi, sizeof(m->range_hi));
+				strlcpy(m->scan_cursor, "0", sizeof(m->scan_cursor));
 				snprintf(m->label, sizeof(m->label), "%s:%d/0", m->host, m->port);
 				m->need_recovery = true;
 			}
@@ -730,7 +749,7 @@ CounterRedisConnect(CounterRedisTarget *t)
 	t->backoff_ms = 0;
 	t->failures = 0;
 	t->need_recovery = true;
-	t->stream_pending = true;
+	t->nstreams = 0;
 	SpinLockAcquire(&counter_shared->mutex);
 	rs->redis[CounterRedisTargetIndex(t)].connected = true;
 	SpinLockRelease(&counter_shared->mutex);

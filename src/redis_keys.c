@@ -2,26 +2,35 @@
  * redis_keys.c
  *		Exactly-once drain of Redis INCR keys: `<prefix><key>` and sharded
  *		`<prefix><key>:s<N>` (the key part may be wrapped in a hash tag,
- *		`<prefix>{<key>}`), for every counter's prefix.
+ *		`<prefix>{<key>}`), for the counters that set a redis_prefix.  Keys
+ *		under no counter's prefix are never touched.
  *
  * A batch goes through three steps:
  *	1. claim: one Lua script call (per hash slot on a cluster) moves the
  *	   keys' values into an in-flight hash `counter:inflight:{T}:<batch id>`
  *	   and deletes the keys, atomically; T is a hash tag of the keys' slot,
  *	   so every key a call touches shares one slot (no CROSSSLOT);
- *	2. apply: one Postgres transaction adds the amounts to the tally,
- *	   records quarantined items, and inserts the batch id into
- *	   counter.redis_batch;
+ *	2. apply: one Postgres transaction applies the amounts (source_apply.c:
+ *	   an item that cannot be counted is quarantined alone) and inserts the
+ *	   batch id into counter.redis_batch;
  *	3. forget: the in-flight hashes are deleted.
  * A crash between 1 and 2 leaves in-flight hashes whose id is not recorded:
  * recovery applies them.  A crash between 2 and 3 leaves hashes whose id is
  * recorded: recovery just deletes them.  Recovery runs whenever a master
  * (re)connects and after any failed batch, before anything new is claimed.
  *
- * Values that are not integers, and keys whose key part is not a key of the
- * counter, are quarantined: the script moves them into the hash
- * `counter:quarantine:{T}` (field: the original key) and the apply step
- * records them in counter.redis_quarantine.
+ * What cannot be counted never blocks the drain: a value that is not an
+ * integer within bigint is moved by the script into the hash
+ * `counter:quarantine:{T}` (field: the original key, bytes intact); a key
+ * under a prefix that is not a string (a hash, a list...) is renamed to
+ * `counter:quarantine:{T}:<type>:<key>`; a key part that is not a key of
+ * the counter, and whatever Postgres refuses (max_delta, a total leaving
+ * bigint), is quarantined by the apply.  All of it lands in
+ * counter.quarantine and the log.
+ *
+ * The scan: one SCAN cursor per master, resumed from round to round, MATCH
+ * the longest prefix all counters' prefixes share; a round ends at its
+ * deadline.  Its cost is a pass over the keyspace, however many counters.
  */
 #include "counter_redis.h"
 
@@ -39,19 +48,28 @@
  * KEYS[3..] the source keys, the first ARGV[1] of them with a valid key
  * part.  ARGV[2] the batch id, ARGV[3] the claim time (Unix ms).  Returns
  * the fields written, each followed by its value: "+key" for an amount,
- * "!key" for a quarantined value, whose first COUNTER_REDIS_SHOW_MAX bytes
- * are all the in-flight record keeps (the quarantine hash keeps it whole).
- * Lua strings are binary: keys and values with NUL bytes pass intact.
+ * "!key" for a quarantined value (its first COUNTER_SHOW_MAX bytes; the
+ * quarantine hash keeps it whole), "?key" for a key that is not a string
+ * (value: its type; the key is renamed next to the quarantine hash, in the
+ * same slot).  Lua strings are binary: NUL bytes pass intact.
  */
 const char *counter_redis_claim_script =
 "local good = tonumber(ARGV[1])\n"
+"local function int64(v)\n"
+"  local neg = string.sub(v, 1, 1) == '-'\n"
+"  local d = neg and string.sub(v, 2) or v\n"
+"  if #d == 0 or #d > 19 or not string.match(d, '^%d+$') then return false end\n"
+"  if #d < 19 then return true end\n"
+"  return d <= (neg and '9223372036854775808' or '9223372036854775807')\n"
+"end\n"
 "local out = {}\n"
 "for i = 3, #KEYS do\n"
 "  local k = KEYS[i]\n"
-"  local v = redis.pcall('GET', k)\n"
-"  if type(v) == 'string' then\n"
+"  local t = redis.call('TYPE', k).ok\n"
+"  if t == 'string' then\n"
+"    local v = redis.call('GET', k)\n"
 "    local f\n"
-"    if i - 2 <= good and #v <= 20 and string.match(v, '^%-?%d+$') then\n"
+"    if i - 2 <= good and int64(v) then\n"
 "      f = '+' .. k\n"
 "    else\n"
 "      f = '!' .. k\n"
@@ -64,6 +82,14 @@ const char *counter_redis_claim_script =
 "    redis.call('DEL', k)\n"
 "    out[#out + 1] = f\n"
 "    out[#out + 1] = v\n"
+"  elseif t ~= 'none' then\n"
+"    local q = KEYS[2] .. ':' .. t .. ':' .. k\n"
+"    if redis.call('RENAMENX', k, q) == 0 then\n"
+"      redis.call('RENAME', k, q .. '#' .. ARGV[2])\n"
+"    end\n"
+"    redis.call('HSET', KEYS[1], '?' .. k, t)\n"
+"    out[#out + 1] = '?' .. k\n"
+"    out[#out + 1] = t\n"
 "  end\n"
 "end\n"
 "if #out > 0 then redis.call('HSET', KEYS[1], '#t', ARGV[3]) end\n"
@@ -128,7 +154,7 @@ CounterRedisBatchId(void)
 	return psprintf("%s-" UINT64_FORMAT, batch_prefix, ++batch_seq);
 }
 
-/* Whether a value is a decimal integer as INCR writes them. */
+/* Whether a value is a decimal integer as INCR writes them (digits, a sign). */
 static bool
 CounterRedisIsInteger(const char *v, size_t len)
 {
@@ -145,11 +171,32 @@ CounterRedisIsInteger(const char *v, size_t len)
 }
 
 /*
+ * The counter whose prefix is the longest one starting name, or NULL; the
+ * worker's own keys belong to none.  counters is sorted longest prefix
+ * first; counters without a prefix are not in it.
+ */
+const CounterRedisCounter *
+CounterRedisOwner(const CounterRedisCounter *counters, int ncounters,
+				  const char *name, size_t len)
+{
+	size_t		own = strlen(COUNTER_REDIS_OWN);
+	int			i;
+
+	if (len >= own && memcmp(name, COUNTER_REDIS_OWN, own) == 0)
+		return NULL;
+	for (i = 0; i < ncounters; i++)
+		if (counters[i].prefix != NULL && len >= (size_t) counters[i].prefix_len &&
+			memcmp(name, counters[i].prefix, counters[i].prefix_len) == 0)
+			return &counters[i];
+	return NULL;
+}
+
+/*
  * Parse the key part of name (after counter c's prefix): drop a `:s<N>`
  * shard suffix and a {hash tag} around it.  Fills keytext and, for bigint
- * counters, key; false if it is not a valid key of c.
+ * counters, key; returns NULL, or why it is not a valid key of c.
  */
-static bool
+static const char *
 CounterRedisParseKey(const CounterRedisCounter *c, const char *name, size_t len,
 					 char **keytext, int64 *key)
 {
@@ -167,52 +214,61 @@ CounterRedisParseKey(const CounterRedisCounter *c, const char *name, size_t len,
 		p++;
 		n -= 2;
 	}
-	if (n == 0 || memchr(p, '\0', n) != NULL || !pg_verifymbstr(p, (int) n, true))
-		return false;
+	if (n == 0)
+		return "key part is empty";
+	if (memchr(p, '\0', n) != NULL || !pg_verifymbstr(p, (int) n, true))
+		return "key part is not valid text";
 	*keytext = pnstrdup(p, n);
 	if (c->key_type == COUNTER_KEY_BIGINT)
 	{
 		char	   *end;
 
 		if (!CounterRedisIsInteger(p, n))
-			return false;
+			return "key part is not a bigint";
 		errno = 0;
 		*key = strtoi64(*keytext, &end, 10);
 		if (errno != 0 || *end != '\0')
-			return false;
+			return "key part is not a bigint";
+		*keytext = NULL;		/* nothing to map */
 	}
-	return true;
+	else if (n > COUNTER_TEXT_KEY_MAXLEN)
+		return "key part is longer than a text key may be";
+	return NULL;
 }
 
 /*
- * Turn one in-flight field ("+key" or "!key") and its value into an item.
- * Whatever cannot be applied is quarantined with the reason.
+ * Turn one in-flight field ("+key", "!key" or "?key") and its value into a
+ * source item; whatever cannot be applied gets its reason.
  */
 static void
 CounterRedisItemFrom(const CounterRedisCounter *counters, int ncounters,
 					 const char *field, size_t flen, const char *value,
-					 size_t vlen, TimestampTz bucket, CounterRedisItem *it)
+					 size_t vlen, TimestampTz bucket, CounterSourceItem *it)
 {
 	const CounterRedisCounter *c;
-	bool		keyok = false;
+	const char *keyerr = NULL;
 
 	memset(it, 0, sizeof(*it));
-	it->rkey = CounterRedisBytes(field + 1, flen - 1);
-	it->rkey_len = flen - 1;
-	it->value = CounterRedisBytes(value, vlen);
+	it->item = CounterBytes(field + 1, flen - 1);
+	it->item_len = flen - 1;
+	it->value = CounterBytes(value, vlen);
 	it->value_len = vlen;
 	it->bucket = bucket;
-	c = CounterRedisOwner(counters, ncounters, it->rkey, it->rkey_len);
-	it->counter = c;
+	c = CounterRedisOwner(counters, ncounters, it->item, it->item_len);
 	if (c)
-		keyok = CounterRedisParseKey(c, it->rkey, it->rkey_len, &it->keytext, &it->key);
-	if (!CounterRedisIsInteger(value, vlen))
+	{
+		it->counter_id = c->id;
+		keyerr = CounterRedisParseKey(c, it->item, it->item_len, &it->keytext, &it->key);
+	}
+	if (field[0] == '?')
+		it->reason = psprintf("key is a %s, not a string; moved to %s{...}:%s:<key>",
+							  it->value, COUNTER_REDIS_QUARANTINE, it->value);
+	else if (!CounterRedisIsInteger(value, vlen))
 		it->reason = "value is not an integer";
 	else if (c == NULL)
 		it->reason = "no counter has this key prefix";
-	else if (!keyok)
-		it->reason = c->key_type == COUNTER_KEY_BIGINT ?
-			"key part is not a bigint" : "key part is not a valid text key";
+	else if (keyerr)
+		it->reason = keyerr;
 	else
 	{
 		char	   *end;
@@ -222,9 +278,22 @@ CounterRedisItemFrom(const CounterRedisCounter *counters, int ncounters,
 		if (errno != 0)
 			it->reason = "value is out of range for bigint";
 	}
-	it->quarantine = (it->reason != NULL) || field[0] != '+';
-	if (it->quarantine && it->reason == NULL)
+	if (it->reason == NULL && field[0] != '+')
 		it->reason = "quarantined";
+}
+
+/* Count a batch's items as the master's drain status shows them. */
+static void
+CounterRedisNoteItems(CounterRedisTarget *t, CounterSourceItem *items, int n)
+{
+	int64		counted = CounterSourceCountStats(items, n, COUNTER_STAT_REDIS);
+	int64		quarantined = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (items[i].reason)
+			quarantined++;
+	CounterRedisNoteDrain(t, counted, quarantined);
 }
 
 /*
@@ -234,7 +303,7 @@ CounterRedisItemFrom(const CounterRedisCounter *counters, int ncounters,
  */
 static bool
 CounterRedisApply(CounterRedisTarget *t, const char *batch_id,
-				  CounterRedisItem *items, int n, bool check)
+				  CounterSourceItem *items, int n, bool check)
 {
 	CounterScope scope;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, INT8OID};
@@ -242,7 +311,7 @@ CounterRedisApply(CounterRedisTarget *t, const char *batch_id,
 	int			i;
 	int			rc;
 
-	CounterRedisTxnBegin(NULL);
+	CounterSourceBegin();
 	if (check)
 	{
 		bool		recorded;
@@ -257,14 +326,12 @@ CounterRedisApply(CounterRedisTarget *t, const char *batch_id,
 		CounterLeave(&scope);
 		if (recorded)
 		{
-			CounterRedisTxnCommit(NULL);
+			CounterSourceCommit();
 			return false;
 		}
 	}
-	CounterRedisMapKeys(items, n);
+	CounterSourceApply("redis", t->label, items, n, COUNTER_SLOT_FOLD);
 	CounterEnter(&scope);
-	CounterRedisApplyItems(items, n, false);
-	CounterRedisQuarantineRows(t, items, n);
 	values[0] = CStringGetTextDatum(batch_id);
 	values[1] = CStringGetTextDatum(t->label);
 	values[2] = Int64GetDatum(n);
@@ -289,7 +356,7 @@ CounterRedisApply(CounterRedisTarget *t, const char *batch_id,
 			elog(ERROR, "forgetting Redis batches failed: %s", SPI_result_code_string(rc));
 	}
 	CounterLeave(&scope);
-	CounterRedisTxnCommit(NULL);
+	CounterSourceCommit();
 	for (i = 0; i < ndone; i++)
 		pfree(done_ids[i]);
 	ndone = 0;
@@ -407,6 +474,61 @@ CounterRedisLoadScript(CounterRedisTarget *t)
 }
 
 /*
+ * The claim script's call for keys[from..to), one slot: its arguments.
+ * Keys with a valid key part go first.
+ */
+static void
+CounterRedisClaimArgs(CounterRedisTarget *t, ClaimKey *keys, int from, int to,
+					  const char *inflight, const char *batch_id, const char *now_ms,
+					  int *argc, const char ***argv, size_t **lens)
+{
+	int			nk = to - from;
+	const char **a = palloc(sizeof(char *) * (nk + 8));
+	size_t	   *l = palloc(sizeof(size_t) * (nk + 8));
+	const char *tag = t->kind == COUNTER_REDIS_CLUSTER ?
+		CounterRedisSlotTag(keys[from].slot) : "0";
+	int			n = 0;
+	int			ngood = 0;
+	int			pass;
+	int			j;
+
+	a[n] = "EVALSHA";
+	l[n++] = 7;
+	a[n] = t->sha;
+	l[n++] = 40;
+	a[n] = psprintf("%d", nk + 2);
+	l[n] = strlen(a[n]);
+	n++;
+	a[n] = inflight;
+	l[n] = strlen(inflight);
+	n++;
+	a[n] = psprintf("%s{%s}", COUNTER_REDIS_QUARANTINE, tag);
+	l[n] = strlen(a[n]);
+	n++;
+	for (pass = 0; pass < 2; pass++)
+		for (j = from; j < to; j++)
+			if (keys[j].good == (pass == 0))
+			{
+				a[n] = keys[j].name;
+				l[n++] = keys[j].len;
+				if (pass == 0)
+					ngood++;
+			}
+	a[n] = psprintf("%d", ngood);
+	l[n] = strlen(a[n]);
+	n++;
+	a[n] = batch_id;
+	l[n] = strlen(batch_id);
+	n++;
+	a[n] = now_ms;
+	l[n] = strlen(now_ms);
+	n++;
+	*argc = n;
+	*argv = a;
+	*lens = l;
+}
+
+/*
  * Claim, apply and forget one batch of keys.  False if Redis failed (the
  * target is then disconnected and recovers on reconnect).
  */
@@ -417,7 +539,6 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	char	   *batch_id = CounterRedisBatchId();
 	TimestampTz bucket = CounterMinute(GetCurrentTimestamp());
 	char		now_ms[24];
-	char		ngood_buf[16];
 	int		   *group_start;
 	int			ngroups = 0;
 	int			i;
@@ -427,12 +548,12 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	redisReply **replies;
 	char	  **names;
 	int			nnames = 0;
-	CounterRedisItem *items;
+	CounterSourceItem *items;
 	int			nitems = 0;
-	int			cap;
-	int			nq = 0;
 	bool		had_recovery = t->need_recovery;
 
+	if (!CounterRedisLoadScript(t))
+		return false;
 	snprintf(now_ms, sizeof(now_ms), INT64_FORMAT, CounterUnixMsNow());
 	if (t->kind == COUNTER_REDIS_CLUSTER)
 		qsort(keys, nkeys, sizeof(ClaimKey), CounterClaimKeyCmp);
@@ -449,67 +570,20 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	names = palloc(sizeof(char *) * ngroups);
 	for (i = 0; i < ngroups; i++)
 	{
-		int			from = group_start[i];
-		int			to = group_start[i + 1];
-		int			nk = to - from;
-		int			argc = 3 + 2 + nk + 3;
-		const char **argv = palloc(sizeof(char *) * argc);
-		size_t	   *len = palloc(sizeof(size_t) * argc);
 		const char *tag = t->kind == COUNTER_REDIS_CLUSTER ?
-			CounterRedisSlotTag(keys[from].slot) : "0";
-		int			a = 0;
-		int			ngood = 0;
-		int			pass;
-		int			j;
+			CounterRedisSlotTag(keys[group_start[i]].slot) : "0";
 
 		names[i] = psprintf("%s{%s}:%s", COUNTER_REDIS_INFLIGHT, tag, batch_id);
-		argv[a] = "EVALSHA";
-		len[a++] = 7;
-		argv[a] = t->sha;
-		len[a++] = 40;
-		argv[a] = psprintf("%d", nk + 2);
-		len[a] = strlen(argv[a]);
-		a++;
-		argv[a] = names[i];
-		len[a] = strlen(names[i]);
-		a++;
-		argv[a] = psprintf("%s{%s}", COUNTER_REDIS_QUARANTINE, tag);
-		len[a] = strlen(argv[a]);
-		a++;
-		/* valid keys first, then those to quarantine */
-		for (pass = 0; pass < 2; pass++)
-			for (j = from; j < to; j++)
-				if (keys[j].good == (pass == 0))
-				{
-					argv[a] = keys[j].name;
-					len[a++] = keys[j].len;
-					if (pass == 0)
-						ngood++;
-				}
-		snprintf(ngood_buf, sizeof(ngood_buf), "%d", ngood);
-		argv[a] = pstrdup(ngood_buf);
-		len[a] = strlen(argv[a]);
-		a++;
-		argv[a] = batch_id;
-		len[a] = strlen(batch_id);
-		a++;
-		argv[a] = now_ms;
-		len[a] = strlen(now_ms);
-		a++;
-		argcs[i] = a;
-		argvs[i] = argv;
-		lens[i] = len;
+		CounterRedisClaimArgs(t, keys, group_start[i], group_start[i + 1], names[i],
+							  batch_id, now_ms, &argcs[i], &argvs[i], &lens[i]);
 	}
 
-	if (!CounterRedisLoadScript(t))
-		return false;
 	/* from here on, a failure leaves in-flight hashes for recovery */
 	t->need_recovery = true;
 	if (!CounterRedisPipeline(t, ngroups, argcs, argvs, lens, replies))
 		return false;
 
-	cap = nkeys;
-	items = palloc(sizeof(CounterRedisItem) * Max(cap, 1));
+	items = palloc(sizeof(CounterSourceItem) * Max(nkeys, 1));
 	for (i = 0; i < ngroups; i++)
 	{
 		redisReply *r = replies[i];
@@ -529,22 +603,10 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 		}
 		if (r->elements > 0)
 			names[nnames++] = names[i];
-		for (j = 0; j + 1 < r->elements; j += 2)
-		{
-			redisReply *f = r->element[j];
-			redisReply *v = r->element[j + 1];
-
-			if (nitems == cap)
-			{
-				cap *= 2;
-				items = repalloc(items, sizeof(CounterRedisItem) * cap);
-			}
-			CounterRedisItemFrom(counters, ncounters, f->str, f->len, v->str, v->len,
-								 bucket, &items[nitems]);
-			if (items[nitems].quarantine)
-				nq++;
-			nitems++;
-		}
+		for (j = 0; j + 1 < r->elements && nitems < nkeys; j += 2)
+			CounterRedisItemFrom(counters, ncounters, r->element[j]->str, r->element[j]->len,
+								 r->element[j + 1]->str, r->element[j + 1]->len,
+								 bucket, &items[nitems++]);
 	}
 	for (i = 0; i < ngroups; i++)
 		freeReplyObject(replies[i]);
@@ -555,8 +617,7 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	}
 
 	CounterRedisApply(t, batch_id, items, nitems, false);
-	CounterRedisCountStats(items, nitems);
-	CounterRedisNoteDrain(t, nitems - nq, nq);
+	CounterRedisNoteItems(t, items, nitems);
 	if (!CounterRedisForget(t, names, nnames))
 		return false;
 	CounterRedisDone(batch_id);
@@ -564,114 +625,171 @@ CounterRedisClaim(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	return true;
 }
 
-/* Escape glob characters of a prefix for SCAN MATCH. */
+/*
+ * Is r a SCAN reply (a cursor and an array of names)?  If not, it is freed
+ * and the target failed with what Redis said.
+ */
+static bool
+CounterRedisScanReply(CounterRedisTarget *t, redisReply *r)
+{
+	char		detail[160];
+
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+		r->element[0]->type == REDIS_REPLY_STRING &&
+		r->element[1]->type == REDIS_REPLY_ARRAY)
+		return true;
+	strlcpy(detail, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply",
+			sizeof(detail));
+	freeReplyObject(r);
+	CounterRedisFail(t, "SCAN", detail);
+	return false;
+}
+
+/* The SCAN MATCH pattern: the prefix every counter's prefix starts with, escaped. */
 static char *
-CounterRedisGlob(const char *prefix)
+CounterRedisPattern(const CounterRedisCounter *counters, int ncounters)
 {
 	StringInfoData buf;
-	const char *p;
+	const char *first = NULL;
+	int			common = 0;
+	int			i,
+				j;
 
-	initStringInfo(&buf);
-	for (p = prefix; *p; p++)
+	for (i = 0; i < ncounters; i++)
 	{
-		if (strchr("*?[]\\", *p))
+		if (counters[i].prefix == NULL)
+			continue;
+		if (first == NULL)
+		{
+			first = counters[i].prefix;
+			common = counters[i].prefix_len;
+			continue;
+		}
+		for (j = 0; j < common && counters[i].prefix[j] == first[j]; j++)
+			;
+		common = j;
+	}
+	initStringInfo(&buf);
+	for (j = 0; j < common; j++)
+	{
+		if (strchr("*?[]\\", first[j]))
 			appendStringInfoChar(&buf, '\\');
-		appendStringInfoChar(&buf, *p);
+		appendStringInfoChar(&buf, first[j]);
 	}
 	appendStringInfoChar(&buf, '*');
 	return buf.data;
 }
 
 /*
- * Scan for the keys of every counter and claim them in batches of
- * counter.redis_batch_size.  Sets *more when time ran out with keys left.
- * False if Redis failed.
+ * Go on scanning for the counters' keys, from where the last round left
+ * off, and claim them in batches of counter.redis_batch_size, until a full
+ * pass ends or the deadline.  Each batch's memory is freed once it is
+ * applied.  Sets *more when time ran out with keys left.  False if Redis
+ * failed.
  */
 bool
 CounterRedisDrainKeys(CounterRedisTarget *t, const CounterRedisCounter *counters,
 					  int ncounters, TimestampTz deadline, bool *more)
 {
-	ClaimKey   *pending = palloc(sizeof(ClaimKey) * counter_redis_batch_size);
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	ClaimKey   *pending;
 	int			npending = 0;
-	int64		found = 0;
-	int			c;
+	int			cap;
+	char	   *pattern;
+	bool		ok = true;
+	int			i;
 
-	for (c = 0; c < ncounters; c++)
+	for (i = 0; i < ncounters && counters[i].prefix == NULL; i++)
+		;
+	if (i == ncounters)
+		return true;			/* no counter drains keys */
+	pattern = CounterRedisPattern(counters, ncounters);
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "counter redis batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(batch_cxt);
+	cap = 1024;
+	pending = palloc(sizeof(ClaimKey) * cap);
+	for (;;)
 	{
-		char	   *pattern = CounterRedisGlob(counters[c].prefix);
-		char		cursor[32] = "0";
+		const char *argv[6] = {"SCAN", t->scan_cursor, "MATCH", pattern, "COUNT", "1000"};
+		redisReply *r = CounterRedisCommand(t, 6, argv, NULL);
+		redisReply *list;
+		size_t		j;
+		bool		pass_done;
 
-		do
+		if (r == NULL)
 		{
-			const char *argv[8] = {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000",
-			"TYPE", "string"};
-			redisReply *r = CounterRedisCommand(t, 8, argv, NULL);
-			redisReply *list;
-			size_t		j;
+			ok = false;
+			break;
+		}
+		if (!CounterRedisScanReply(t, r))
+		{
+			ok = false;
+			break;
+		}
+		strlcpy(t->scan_cursor, r->element[0]->str, sizeof(t->scan_cursor));
+		pass_done = strcmp(t->scan_cursor, "0") == 0;
+		list = r->element[1];
+		for (j = 0; j < list->elements; j++)
+		{
+			redisReply *k = list->element[j];
+			const CounterRedisCounter *owner;
+			ClaimKey   *ck;
+			char	   *keytext;
+			int64		key;
 
-			if (r == NULL)
-				return false;
-			if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-				r->element[1]->type != REDIS_REPLY_ARRAY)
+			if (k->type != REDIS_REPLY_STRING)
+				continue;
+			owner = CounterRedisOwner(counters, ncounters, k->str, k->len);
+			if (owner == NULL)
+				continue;		/* nobody's, or ours: never touched */
+			if (npending == cap)
 			{
-				char		detail[160];
-
-				strlcpy(detail, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply",
-						sizeof(detail));
-				freeReplyObject(r);
-				CounterRedisFail(t, "SCAN", detail);
-				return false;
+				cap *= 2;
+				pending = repalloc(pending, sizeof(ClaimKey) * cap);
 			}
-			strlcpy(cursor, r->element[0]->str, sizeof(cursor));
-			list = r->element[1];
-			for (j = 0; j < list->elements; j++)
+			ck = &pending[npending++];
+			ck->name = CounterBytes(k->str, k->len);
+			ck->len = k->len;
+			ck->good = CounterRedisParseKey(owner, k->str, k->len, &keytext, &key) == NULL;
+			ck->slot = CounterRedisSlot(k->str, k->len);
+			t->scan_found++;
+		}
+		freeReplyObject(r);
+		if (pass_done)
+		{
+			t->backlog = t->scan_found;
+			t->scan_found = 0;
+		}
+		if (npending >= counter_redis_batch_size || (pass_done && npending > 0))
+		{
+			if (!CounterRedisClaim(t, counters, ncounters, pending, npending))
 			{
-				redisReply *k = list->element[j];
-				const CounterRedisCounter *owner;
-				ClaimKey   *ck;
-				char	   *keytext;
-				int64		key;
-
-				owner = CounterRedisOwner(counters, ncounters, k->str, k->len);
-				if (owner != &counters[c])
-					continue;	/* a longer prefix's, or ours */
-				ck = &pending[npending++];
-				ck->name = CounterRedisBytes(k->str, k->len);
-				ck->len = k->len;
-				ck->good = CounterRedisParseKey(owner, k->str, k->len, &keytext, &key);
-				ck->slot = CounterRedisSlot(k->str, k->len);
-				found++;
-				if (npending == counter_redis_batch_size)
-					break;		/* the rest: by a later scan */
+				ok = false;
+				break;
 			}
-			if (npending == counter_redis_batch_size)
-			{
-				/*
-				 * Keys of this reply after the full batch are picked up by a
-				 * later scan; SCAN returns every key that stays.
-				 */
-				freeReplyObject(r);
-				if (!CounterRedisClaim(t, counters, ncounters, pending, npending))
-					return false;
-				npending = 0;
-				CounterSourceYield();
-				if (GetCurrentTimestamp() >= deadline || CounterRedisStopSoon())
-				{
-					*more = true;
-					t->backlog = found;
-					return true;
-				}
-				/* start over: the claimed keys are gone */
-				*more = true;
-			}
-			else
-				freeReplyObject(r);
-		} while (strcmp(cursor, "0") != 0);
+			npending = 0;
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(batch_cxt);
+			CounterSourceYield();
+			MemoryContextSwitchTo(batch_cxt);
+			cap = 1024;
+			pending = palloc(sizeof(ClaimKey) * cap);
+		}
+		if (pass_done)
+			break;
+		if (GetCurrentTimestamp() >= deadline || CounterRedisStopSoon())
+		{
+			*more = true;
+			break;
+		}
 	}
-	if (npending > 0 && !CounterRedisClaim(t, counters, ncounters, pending, npending))
-		return false;
-	t->backlog = found;
-	return true;
+	if (ok && npending > 0 && !CounterRedisClaim(t, counters, ncounters, pending, npending))
+		ok = false;
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch_cxt);
+	return ok;
 }
 
 /*
@@ -700,6 +818,54 @@ CounterRedisIsInflightName(const char *s, size_t len)
 }
 
 /*
+ * The items of one in-flight hash, appended to *items; false if Redis
+ * failed.
+ */
+static bool
+CounterRedisReadInflight(CounterRedisTarget *t, const char *name,
+						 const CounterRedisCounter *counters, int ncounters,
+						 CounterSourceItem **items, int *nitems, int *cap)
+{
+	const char *argv[2] = {"HGETALL", name};
+	redisReply *r = CounterRedisCommand(t, 2, argv, NULL);
+	TimestampTz bucket = CounterMinute(GetCurrentTimestamp());
+	size_t		k;
+
+	if (r == NULL)
+		return false;
+	if (r->type != REDIS_REPLY_ARRAY)
+	{
+		freeReplyObject(r);
+		CounterRedisFail(t, "HGETALL", "unexpected reply");
+		return false;
+	}
+	for (k = 0; k + 1 < r->elements; k += 2)
+		if (r->element[k]->len == 2 && memcmp(r->element[k]->str, "#t", 2) == 0)
+		{
+			char	   *ms = CounterBytes(r->element[k + 1]->str, r->element[k + 1]->len);
+
+			bucket = CounterMinute(CounterFromUnixMs(strtoi64(ms, NULL, 10)));
+		}
+	for (k = 0; k + 1 < r->elements; k += 2)
+	{
+		redisReply *f = r->element[k];
+		redisReply *v = r->element[k + 1];
+
+		if (f->len < 2 || (f->str[0] != '+' && f->str[0] != '!' && f->str[0] != '?'))
+			continue;
+		if (*nitems == *cap)
+		{
+			*cap *= 2;
+			*items = repalloc(*items, sizeof(CounterSourceItem) * *cap);
+		}
+		CounterRedisItemFrom(counters, ncounters, f->str, f->len, v->str, v->len,
+							 bucket, &(*items)[(*nitems)++]);
+	}
+	freeReplyObject(r);
+	return true;
+}
+
+/*
  * Finish what a crash or an error left in flight on this master: apply the
  * in-flight hashes whose batch id is not recorded, then delete them all.
  */
@@ -724,16 +890,8 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 
 		if (r == NULL)
 			return false;
-		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2)
-		{
-			char		detail[160];
-
-			strlcpy(detail, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply",
-					sizeof(detail));
-			freeReplyObject(r);
-			CounterRedisFail(t, "SCAN", detail);
+		if (!CounterRedisScanReply(t, r))
 			return false;
-		}
 		strlcpy(cursor, r->element[0]->str, sizeof(cursor));
 		for (j = 0; j < r->element[1]->elements; j++)
 		{
@@ -748,7 +906,7 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 			if (name->type != REDIS_REPLY_STRING ||
 				!CounterRedisIsInflightName(name->str, name->len))
 				continue;
-			names[nnames++] = CounterRedisBytes(name->str, name->len);
+			names[nnames++] = CounterBytes(name->str, name->len);
 		}
 		freeReplyObject(r);
 	} while (strcmp(cursor, "0") != 0);
@@ -759,73 +917,31 @@ CounterRedisRecover(CounterRedisTarget *t, const CounterRedisCounter *counters,
 	{
 		const char *id = strrchr(names[i], ':') + 1;
 		int			ng = 0;
-		CounterRedisItem *items;
+		CounterSourceItem *items;
 		int			nitems = 0;
 		int			icap = 64;
-		int			nq = 0;
 		int			j;
-		bool		applied;
 
 		if (names[i][0] == '\0')
 			continue;			/* done with as part of an earlier batch */
 		for (j = i; j < nnames; j++)
 			if (names[j][0] != '\0' && strcmp(strrchr(names[j], ':') + 1, id) == 0)
 				group[ng++] = names[j];
-		items = palloc(sizeof(CounterRedisItem) * icap);
+		items = palloc(sizeof(CounterSourceItem) * icap);
 		for (j = 0; j < ng; j++)
-		{
-			const char *argv[2] = {"HGETALL", group[j]};
-			redisReply *r = CounterRedisCommand(t, 2, argv, NULL);
-			TimestampTz bucket = CounterMinute(GetCurrentTimestamp());
-			size_t		k;
-
-			if (r == NULL)
+			if (!CounterRedisReadInflight(t, group[j], counters, ncounters,
+										  &items, &nitems, &icap))
 				return false;
-			if (r->type != REDIS_REPLY_ARRAY)
-			{
-				freeReplyObject(r);
-				CounterRedisFail(t, "HGETALL", "unexpected reply");
-				return false;
-			}
-			for (k = 0; k + 1 < r->elements; k += 2)
-				if (r->element[k]->len == 2 && memcmp(r->element[k]->str, "#t", 2) == 0)
-				{
-					char	   *ms = CounterRedisBytes(r->element[k + 1]->str, r->element[k + 1]->len);
-
-					bucket = CounterMinute(CounterFromUnixMs(strtoi64(ms, NULL, 10)));
-				}
-			for (k = 0; k + 1 < r->elements; k += 2)
-			{
-				redisReply *f = r->element[k];
-				redisReply *v = r->element[k + 1];
-
-				if (f->len < 2 || (f->str[0] != '+' && f->str[0] != '!'))
-					continue;
-				if (nitems == icap)
-				{
-					icap *= 2;
-					items = repalloc(items, sizeof(CounterRedisItem) * icap);
-				}
-				CounterRedisItemFrom(counters, ncounters, f->str, f->len, v->str, v->len,
-									 bucket, &items[nitems]);
-				if (items[nitems].quarantine)
-					nq++;
-				nitems++;
-			}
-			freeReplyObject(r);
-		}
-		applied = CounterRedisApply(t, id, items, nitems, true);
-		if (applied)
+		if (CounterRedisApply(t, id, items, nitems, true))
 		{
-			CounterRedisCountStats(items, nitems);
-			CounterRedisNoteDrain(t, nitems - nq, nq);
+			CounterRedisNoteItems(t, items, nitems);
 			ereport(LOG,
-					(errmsg("counter worker: applied in-flight Redis batch %s from %s (%d items)",
+					(errmsg("counter: applied in-flight Redis batch %s from %s (%d items)",
 							id, t->label, nitems)));
 		}
 		else
 			ereport(LOG,
-					(errmsg("counter worker: discarded in-flight Redis batch %s from %s, applied before",
+					(errmsg("counter: discarded in-flight Redis batch %s from %s, applied before",
 							id, t->label)));
 		if (!CounterRedisForget(t, group, ng))
 			return false;
@@ -844,34 +960,14 @@ CounterRedisExpireBatches(void)
 	CounterScope scope;
 	int			rc;
 
-	CounterRedisTxnBegin(&scope);
+	CounterSourceBegin();
+	CounterEnter(&scope);
 	rc = SPI_execute("DELETE FROM counter.redis_batch WHERE ctid = ANY (ARRAY("
 					 " SELECT ctid FROM counter.redis_batch"
 					 " WHERE applied_at < pg_catalog.now() OPERATOR(pg_catalog.-) '7 days'::pg_catalog.interval"
 					 " LIMIT 10000))", false, 0);
 	if (rc != SPI_OK_DELETE)
 		elog(ERROR, "expiring Redis batch ids failed: %s", SPI_result_code_string(rc));
-	CounterRedisTxnCommit(&scope);
-}
-
-/*
- * The counter whose prefix is the longest one starting name, or NULL; the
- * worker's own keys belong to none.  counters is sorted longest prefix first.
- */
-const CounterRedisCounter *
-CounterRedisOwner(const CounterRedisCounter *counters, int ncounters,
-				  const char *name, size_t len)
-{
-	int			i;
-
-	if ((len >= strlen(COUNTER_REDIS_INFLIGHT) &&
-		 memcmp(name, COUNTER_REDIS_INFLIGHT, strlen(COUNTER_REDIS_INFLIGHT)) == 0) ||
-		(len >= strlen(COUNTER_REDIS_QUARANTINE) &&
-		 memcmp(name, COUNTER_REDIS_QUARANTINE, strlen(COUNTER_REDIS_QUARANTINE)) == 0))
-		return NULL;
-	for (i = 0; i < ncounters; i++)
-		if (len > (size_t) counters[i].prefix_len &&
-			memcmp(name, counters[i].prefix, counters[i].prefix_len) == 0)
-			return &counters[i];
-	return NULL;
+	CounterLeave(&scope);
+	CounterSourceCommit();
 }

@@ -1,23 +1,25 @@
 /*
  * redis_stream.c
- *		Increment events from a Redis stream (counter.redis_stream), read
- *		through a consumer group.
+ *		Increment events from Redis streams: each counter may name one
+ *		(counter.alter(c, redis_stream => 'events')), read through a consumer
+ *		group (counter.redis_stream_group) on the master that holds it.
+ *		Streams no counter names are never read.
  *
- * An entry has the fields counter, key, delta (default 1), and optionally
- * event (an event id, counted once within the counter's dedup window) and
- * time (Unix milliseconds or an ISO 8601 timestamp; it picks the minute
- * bucket, default the time of the drain).
+ * An entry has the fields key, delta (default 1), and optionally event (an
+ * event id, counted once within the counter's dedup window), time (Unix
+ * milliseconds or an ISO 8601 timestamp; it picks the minute bucket,
+ * default the time of the drain) and counter (the counter's name: needed
+ * when several counters read the stream, and then one of them).
  *
  * Exactly once: the entries of a read are applied in one transaction that
- * also stores the highest entry id in counter.redis_stream_pos; XACK follows
- * the commit.  After a crash the worker re-reads its own unacknowledged
- * entries (XREADGROUP ... 0): those with an id not above the stored one were
- * applied already and are only acknowledged.  This relies on the group's
- * entries going to this worker's single consumer, in id order; entries left
- * pending by any other consumer of the group are reclaimed with XAUTOCLAIM
- * after a minute and applied.  Entries that cannot be applied are recorded
- * in counter.redis_quarantine (their key: stream/entry id) and stay in the
- * stream.
+ * also stores the highest entry id in counter.redis_stream_pos; XACK
+ * follows the commit.  Every entry of a read is applied, refused as a
+ * duplicate event or quarantined in that transaction (source_apply.c), so
+ * the stored id never passes an entry that was not dealt with.  After a
+ * failure or a crash the worker reads its own unacknowledged entries again
+ * (XREADGROUP ... 0): those at or below the stored id were applied already
+ * and are only acknowledged.  The group is the worker's alone: entries of
+ * other consumers in it are left to them.
  */
 #include "counter_redis.h"
 
@@ -29,7 +31,6 @@
 #include "utils/memutils.h"
 
 #define COUNTER_REDIS_CONSUMER "counter-worker"
-#define COUNTER_REDIS_AUTOCLAIM_IDLE "60000"
 
 /* One stream entry as read: its id and fields. */
 typedef struct StreamEntry
@@ -40,14 +41,10 @@ typedef struct StreamEntry
 	char	   *delta;
 	char	   *event;
 	char	   *time;
-	char	   *all;			/* every field, for quarantine */
+	char	   *all;			/* every field, printable, for the quarantine */
 	bool		deleted;		/* in the pending list, gone from the stream */
 	bool		binary;			/* a field name or value holds a NUL byte */
 } StreamEntry;
-
-static SPIPlanPtr plan_event_bigint = NULL;
-static SPIPlanPtr plan_event_text = NULL;
-static bool warned_no_event = false;
 
 /* Parse "ms-seq"; false for anything else. */
 static bool
@@ -110,7 +107,7 @@ CounterStreamTime(const char *s, TimestampTz *out)
 	return tm2timestamp(&tt, fsec, &tz, out) == 0;
 }
 
-/* Copy the entries of an XREADGROUP/XAUTOCLAIM entry list. */
+/* Copy the entries of an XREADGROUP entry list (binary-safe). */
 static int
 CounterStreamCopy(redisReply *list, StreamEntry **out)
 {
@@ -127,7 +124,7 @@ CounterStreamCopy(redisReply *list, StreamEntry **out)
 		if (en->type != REDIS_REPLY_ARRAY || en->elements < 2 ||
 			en->element[0]->type != REDIS_REPLY_STRING)
 			continue;
-		e[i].id = CounterRedisBytes(en->element[0]->str, en->element[0]->len);
+		e[i].id = CounterBytes(en->element[0]->str, en->element[0]->len);
 		f = en->element[1];
 		if (f->type != REDIS_REPLY_ARRAY)
 		{
@@ -144,11 +141,11 @@ CounterStreamCopy(redisReply *list, StreamEntry **out)
 
 			if (fn->type != REDIS_REPLY_STRING || fv->type != REDIS_REPLY_STRING)
 				continue;
-			name = CounterRedisBytes(fn->str, fn->len);
-			val = CounterRedisBytes(fv->str, fv->len);
+			name = CounterBytes(fn->str, fn->len);
+			val = CounterBytes(fv->str, fv->len);
 			appendStringInfo(&all, "%s%s=%s", all.len ? " " : "",
-							 CounterRedisSafeText(fn->str, fn->len, 200),
-							 CounterRedisSafeText(fv->str, fv->len, COUNTER_REDIS_SHOW_MAX));
+							 CounterSafeText(fn->str, fn->len, 200),
+							 CounterSafeText(fv->str, fv->len, COUNTER_SHOW_MAX));
 			/* a NUL inside a field would let a C string parse a prefix */
 			if (memchr(fn->str, '\0', fn->len) || memchr(fv->str, '\0', fv->len))
 				e[i].binary = true;
@@ -169,58 +166,91 @@ CounterStreamCopy(redisReply *list, StreamEntry **out)
 	return (int) list->elements;
 }
 
-/* Turn an entry into an item, or a quarantined one with the reason. */
-static void
-CounterStreamItem(StreamEntry *e, TimestampTz now, CounterRedisItem *it)
+/*
+ * The counter an entry of stream belongs to: the one it names, which must
+ * read that stream, or the stream's only counter.  NULL (with *why) if none.
+ */
+static const CounterRedisCounter *
+CounterStreamOwner(const CounterRedisCounter *counters, int ncounters,
+				   const char *stream, const char *name, const char **why)
 {
-	CounterDef	def;
-	CounterRedisCounter *c;
+	const CounterRedisCounter *only = NULL;
+	int			readers = 0;
+	int			i;
+
+	for (i = 0; i < ncounters; i++)
+	{
+		if (counters[i].stream == NULL || strcmp(counters[i].stream, stream) != 0)
+			continue;
+		readers++;
+		only = &counters[i];
+		if (name && strcmp(counters[i].name, name) == 0)
+			return &counters[i];
+	}
+	if (name)
+		*why = "the counter it names does not read this stream";
+	else if (readers > 1)
+		*why = "entry lacks the field counter, and several counters read this stream";
+	else
+		return only;
+	return NULL;
+}
+
+/* Turn an entry of stream into a source item, with a reason if it cannot count. */
+static void
+CounterStreamItem(const CounterRedisCounter *counters, int ncounters, const char *stream,
+				  StreamEntry *e, TimestampTz now, CounterSourceItem *it)
+{
+	const CounterRedisCounter *c;
+	const char *why = NULL;
 	char	   *end;
 
 	memset(it, 0, sizeof(*it));
-	it->rkey = psprintf("%s/%s", counter_redis_stream, e->id);
-	it->rkey_len = strlen(it->rkey);
+	it->item = psprintf("%s/%s", stream, e->id);
+	it->item_len = strlen(it->item);
 	it->value = e->all ? e->all : "";
 	it->value_len = strlen(it->value);
 	it->bucket = CounterMinute(now);
 	it->delta = 1;
-	it->event = e->event;
 	if (e->binary)
 	{
 		it->reason = "entry has a field with a NUL byte";
-		goto bad;
+		return;
 	}
-	if (e->counter == NULL || e->key == NULL)
+	c = CounterStreamOwner(counters, ncounters, stream, e->counter, &why);
+	if (c == NULL)
 	{
-		it->reason = "entry lacks the field counter or key";
-		goto bad;
+		it->reason = why;
+		return;
 	}
-	if (strlen(e->counter) > COUNTER_NAME_MAXLEN || !CounterLookupByName(e->counter, &def))
+	it->counter_id = c->id;
+	if (e->key == NULL || *e->key == '\0')
 	{
-		it->reason = "no such counter";
-		goto bad;
+		it->reason = "entry lacks the field key";
+		return;
 	}
-	c = palloc0(sizeof(CounterRedisCounter));
-	c->id = def.id;
-	strlcpy(c->name, def.name, sizeof(c->name));
-	c->key_type = def.key_type;
-	it->counter = c;
-	it->keytext = e->key;
-	if (def.key_type == COUNTER_KEY_BIGINT)
+	if (c->key_type == COUNTER_KEY_BIGINT)
 	{
 		errno = 0;
 		it->key = strtoi64(e->key, &end, 10);
-		if (*e->key == '\0' || *end != '\0' || errno != 0)
+		if (*end != '\0' || errno != 0 || !isdigit((unsigned char) e->key[*e->key == '-']))
 		{
 			it->reason = "key is not a bigint";
-			goto bad;
+			return;
 		}
 	}
-	else if (*e->key == '\0' || !pg_verifymbstr(e->key, strlen(e->key), true))
+	else if (!pg_verifymbstr(e->key, strlen(e->key), true))
 	{
 		it->reason = "key is not valid text";
-		goto bad;
+		return;
 	}
+	else if (strlen(e->key) > COUNTER_TEXT_KEY_MAXLEN)
+	{
+		it->reason = "key is longer than a text key may be";
+		return;
+	}
+	else
+		it->keytext = e->key;
 	if (e->delta)
 	{
 		errno = 0;
@@ -228,7 +258,7 @@ CounterStreamItem(StreamEntry *e, TimestampTz now, CounterRedisItem *it)
 		if (*e->delta == '\0' || *end != '\0' || errno != 0)
 		{
 			it->reason = "delta is not a bigint";
-			goto bad;
+			return;
 		}
 	}
 	if (e->time)
@@ -238,96 +268,60 @@ CounterStreamItem(StreamEntry *e, TimestampTz now, CounterRedisItem *it)
 		if (!CounterStreamTime(e->time, &at))
 		{
 			it->reason = "time is neither Unix milliseconds nor a timestamp";
-			goto bad;
+			return;
 		}
 		it->bucket = CounterMinute(Min(at, now));
 	}
-	return;
-bad:
-	it->quarantine = true;
-	it->event = NULL;
-}
-
-/* Whether counter.incr takes an event id yet (in a transaction). */
-static bool
-CounterStreamHasEvent(void)
-{
-	int			rc = SPI_execute("SELECT FROM pg_catalog.pg_proc"
-								 " WHERE pronamespace = 'counter'::pg_catalog.regnamespace"
-								 " AND proname = 'incr' AND 'event' = ANY (proargnames)",
-								 true, 1);
-
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "looking up counter.incr failed: %s", SPI_result_code_string(rc));
-	return SPI_processed > 0;
-}
-
-/* Count one event through counter.incr(..., event => id), in scope. */
-static void
-CounterStreamEvent(CounterRedisItem *it)
-{
-	bool		text = it->counter->key_type == COUNTER_KEY_TEXT;
-	Oid			argtypes[5] = {TEXTOID, text ? TEXTOID : INT8OID, INT8OID,
-	TIMESTAMPTZOID, TEXTOID};
-	Datum		values[5];
-	SPIPlanPtr	plan;
-	int			rc;
-
-	values[0] = CStringGetTextDatum(it->counter->name);
-	values[1] = text ? CStringGetTextDatum(it->keytext) : Int64GetDatum(it->key);
-	values[2] = Int64GetDatum(it->delta);
-	values[3] = TimestampTzGetDatum(it->bucket);
-	values[4] = CStringGetTextDatum(it->event);
-	if (text)
-		plan = CounterPlan(&plan_event_text,
-						   "SELECT counter.incr($1::counter.counter, $2, $3, $4, event => $5)",
-						   5, argtypes);
-	else
-		plan = CounterPlan(&plan_event_bigint,
-						   "SELECT counter.incr($1::counter.counter, $2, $3, $4, event => $5)",
-						   5, argtypes);
-	rc = SPI_execute_plan(plan, values, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "counting a stream event failed: %s", SPI_result_code_string(rc));
+	if (e->event && *e->event)
+	{
+		if (!pg_verifymbstr(e->event, strlen(e->event), true))
+		{
+			it->reason = "event is not valid text";
+			return;
+		}
+		it->event = e->event;
+	}
 }
 
 /*
- * Apply entries in one transaction with the new stream position; returns
- * the number applied (entries at or below the recorded position are not).
+ * Apply entries of stream in one transaction with the new stream position;
+ * entries at or below the recorded position were applied before.  Returns
+ * the number dealt with now.
  */
 static int
-CounterStreamApply(CounterRedisTarget *t, StreamEntry *entries, int n)
+CounterStreamApply(CounterRedisTarget *t, const char *stream,
+				   const CounterRedisCounter *counters, int ncounters,
+				   StreamEntry *entries, int n)
 {
 	CounterScope scope;
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[4];
 	char	   *last = NULL;
 	char	   *max_id = NULL;
-	CounterRedisItem *items = palloc(sizeof(CounterRedisItem) * Max(n, 1));
+	CounterSourceItem *items = palloc(sizeof(CounterSourceItem) * Max(n, 1));
 	int			nitems = 0;
-	int			nq = 0;
+	int64		counted;
+	int64		quarantined = 0;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		has_event;
+	MemoryContext cxt = CurrentMemoryContext;
 	int			rc;
 	int			i;
 
-	MemoryContext cxt = CurrentMemoryContext;
-
-	CounterRedisTxnBegin(&scope);
+	/* made here, in the caller's memory: the scope's SPI memory goes at each leave */
 	values[0] = CStringGetTextDatum(CounterRedisSeedLabel(t));
-	values[1] = CStringGetTextDatum(counter_redis_stream);
+	values[1] = CStringGetTextDatum(stream);
 	values[2] = CStringGetTextDatum(counter_redis_stream_group);
+	CounterSourceBegin();
+	CounterEnter(&scope);
 	rc = SPI_execute_with_args("SELECT last_id FROM counter.redis_stream_pos"
 							   " WHERE master = $1 AND stream = $2 AND grp = $3 FOR UPDATE",
 							   3, argtypes, values, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading the stream position failed: %s", SPI_result_code_string(rc));
 	if (SPI_processed > 0)
-		last = MemoryContextStrdup(TopTransactionContext,
-								   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
-	has_event = CounterStreamHasEvent();
+		last = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1));
 	CounterLeave(&scope);
-	/* the items outlive the transaction (statistics after the commit) */
 	MemoryContextSwitchTo(cxt);
 
 	for (i = 0; i < n; i++)
@@ -336,35 +330,16 @@ CounterStreamApply(CounterRedisTarget *t, StreamEntry *entries, int n)
 			continue;
 		if (max_id == NULL || !CounterStreamIdLe(entries[i].id, max_id))
 			max_id = entries[i].id;
-		CounterStreamItem(&entries[i], now, &items[nitems]);
-		if (items[nitems].event && !has_event)
-		{
-			if (!warned_no_event)
-				ereport(WARNING,
-						(errmsg("counter worker: counter.incr has no event argument; stream event ids are not deduplicated")));
-			warned_no_event = true;
-			items[nitems].event = NULL;
-		}
-		if (items[nitems].quarantine)
-			nq++;
-		nitems++;
+		CounterStreamItem(counters, ncounters, stream, &entries[i], now, &items[nitems++]);
 	}
 	if (max_id == NULL)
 	{
-		CounterRedisTxnCommit(NULL);
+		CounterSourceCommit();
 		return 0;
 	}
-	CounterRedisMapKeys(items, nitems);
-	CounterEnter(&scope);
-	CounterRedisApplyItems(items, nitems, true);
-	for (i = 0; i < nitems; i++)
-		if (!items[i].quarantine && items[i].event)
-			CounterStreamEvent(&items[i]);
-	CounterRedisQuarantineRows(t, items, nitems);
-	values[0] = CStringGetTextDatum(CounterRedisSeedLabel(t));
-	values[1] = CStringGetTextDatum(counter_redis_stream);
-	values[2] = CStringGetTextDatum(counter_redis_stream_group);
+	CounterSourceApply("redis stream", t->label, items, nitems, COUNTER_SLOT_FOLD);
 	values[3] = CStringGetTextDatum(max_id);
+	CounterEnter(&scope);
 	rc = SPI_execute_with_args("INSERT INTO counter.redis_stream_pos AS p (master, stream, grp, last_id)"
 							   " VALUES ($1, $2, $3, $4)"
 							   " ON CONFLICT (master, stream, grp)"
@@ -372,21 +347,19 @@ CounterStreamApply(CounterRedisTarget *t, StreamEntry *entries, int n)
 							   4, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "storing the stream position failed: %s", SPI_result_code_string(rc));
-	CounterRedisTxnCommit(&scope);
+	CounterLeave(&scope);
+	CounterSourceCommit();
+	counted = CounterSourceCountStats(items, nitems, COUNTER_STAT_REDIS);
 	for (i = 0; i < nitems; i++)
-		if (!items[i].quarantine && items[i].event)
-		{
-			/* counter.incr counted these itself */
-			items[i].counter = NULL;
-		}
-	CounterRedisCountStats(items, nitems);
-	CounterRedisNoteDrain(t, nitems - nq, nq);
+		if (items[i].reason)
+			quarantined++;
+	CounterRedisNoteDrain(t, counted, quarantined);
 	return nitems;
 }
 
 /* Acknowledge entries after their transaction committed. */
 static bool
-CounterStreamAck(CounterRedisTarget *t, StreamEntry *entries, int n)
+CounterStreamAck(CounterRedisTarget *t, const char *stream, StreamEntry *entries, int n)
 {
 	const char **argv = palloc(sizeof(char *) * (n + 3));
 	int			argc = 0;
@@ -394,7 +367,7 @@ CounterStreamAck(CounterRedisTarget *t, StreamEntry *entries, int n)
 	redisReply *r;
 
 	argv[argc++] = "XACK";
-	argv[argc++] = counter_redis_stream;
+	argv[argc++] = stream;
 	argv[argc++] = counter_redis_stream_group;
 	for (i = 0; i < n; i++)
 		if (entries[i].id)
@@ -408,10 +381,10 @@ CounterStreamAck(CounterRedisTarget *t, StreamEntry *entries, int n)
 	return true;
 }
 
-/* Run a read command and copy its entries; -1 if Redis failed. */
+/* Run a read command and copy its entries; -1 if it failed. */
 static int
-CounterStreamRead(CounterRedisTarget *t, int argc, const char **argv, bool autoclaim,
-				  StreamEntry **entries)
+CounterStreamRead(CounterRedisTarget *t, CounterRedisStreamState *ss, int argc,
+				  const char **argv, StreamEntry **entries)
 {
 	redisReply *r = CounterRedisCommand(t, argc, argv, NULL);
 	int			n = 0;
@@ -426,19 +399,13 @@ CounterStreamRead(CounterRedisTarget *t, int argc, const char **argv, bool autoc
 		strlcpy(detail, r->str, sizeof(detail));
 		freeReplyObject(r);
 		/* NOGROUP: the stream or group was deleted; make them again */
-		t->stream_ready = false;
+		ss->ready = false;
 		CounterRedisError(t, detail);
 		return -1;
 	}
-	if (autoclaim)
-	{
-		if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 &&
-			r->element[1]->type == REDIS_REPLY_ARRAY)
-			n = CounterStreamCopy(r->element[1], entries);
-	}
-	else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
-			 r->element[0]->type == REDIS_REPLY_ARRAY &&
-			 r->element[0]->elements == 2)
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+		r->element[0]->type == REDIS_REPLY_ARRAY &&
+		r->element[0]->elements == 2)
 		n = CounterStreamCopy(r->element[0]->element[1], entries);
 	freeReplyObject(r);
 	return n;
@@ -446,9 +413,9 @@ CounterStreamRead(CounterRedisTarget *t, int argc, const char **argv, bool autoc
 
 /* The group's lag plus its pending entries, from XINFO GROUPS; -1 unknown. */
 static int64
-CounterStreamLag(CounterRedisTarget *t)
+CounterStreamLag(CounterRedisTarget *t, const char *stream)
 {
-	const char *argv[3] = {"XINFO", "GROUPS", counter_redis_stream};
+	const char *argv[3] = {"XINFO", "GROUPS", stream};
 	redisReply *r = CounterRedisCommand(t, 3, argv, NULL);
 	int64		lag = -1;
 	size_t		i,
@@ -468,14 +435,16 @@ CounterStreamLag(CounterRedisTarget *t)
 				continue;
 			for (j = 0; j + 1 < g->elements; j += 2)
 			{
-				const char *k = g->element[j]->str;
+				redisReply *k = g->element[j];
 				redisReply *v = g->element[j + 1];
 
-				if (strcmp(k, "name") == 0 && v->type == REDIS_REPLY_STRING)
+				if (k->type != REDIS_REPLY_STRING)
+					continue;
+				if (strcmp(k->str, "name") == 0 && v->type == REDIS_REPLY_STRING)
 					ours = strcmp(v->str, counter_redis_stream_group) == 0;
-				else if (strcmp(k, "pending") == 0 && v->type == REDIS_REPLY_INTEGER)
+				else if (strcmp(k->str, "pending") == 0 && v->type == REDIS_REPLY_INTEGER)
 					pending = v->integer;
-				else if (strcmp(k, "lag") == 0 && v->type == REDIS_REPLY_INTEGER)
+				else if (strcmp(k->str, "lag") == 0 && v->type == REDIS_REPLY_INTEGER)
 					glag = v->integer;
 			}
 			if (ours)
@@ -485,20 +454,41 @@ CounterStreamLag(CounterRedisTarget *t)
 	return lag;
 }
 
+/* This master's state of a stream, made on first use; NULL if too many. */
+static CounterRedisStreamState *
+CounterStreamState(CounterRedisTarget *t, const char *stream)
+{
+	int			i;
+
+	for (i = 0; i < t->nstreams; i++)
+		if (strcmp(t->streams[i].name, stream) == 0)
+			return &t->streams[i];
+	if (t->nstreams == COUNTER_REDIS_MAX_STREAMS || strlen(stream) >= sizeof(t->streams[0].name))
+		return NULL;
+	memset(&t->streams[t->nstreams], 0, sizeof(t->streams[0]));
+	strlcpy(t->streams[t->nstreams].name, stream, sizeof(t->streams[0].name));
+	t->streams[t->nstreams].pending = true;
+	return &t->streams[t->nstreams++];
+}
+
 /*
- * Read the stream until it is drained or the round's time is up; sets
+ * Read one stream until it is drained or the round's time is up; sets
  * *more when entries may be left.  False if Redis failed.
  */
-bool
-CounterRedisDrainStream(CounterRedisTarget *t, TimestampTz deadline, bool *more)
+static bool
+CounterRedisDrainOneStream(CounterRedisTarget *t, const char *stream,
+						   const CounterRedisCounter *counters, int ncounters,
+						   TimestampTz deadline, bool *more, int64 *lag)
 {
+	CounterRedisStreamState *ss = CounterStreamState(t, stream);
 	char		count[16];
-	bool		autoclaim_due;
 
+	if (ss == NULL)
+		return true;
 	snprintf(count, sizeof(count), "%d", counter_redis_batch_size);
-	if (!t->stream_ready)
+	if (!ss->ready)
 	{
-		const char *argv[6] = {"XGROUP", "CREATE", counter_redis_stream,
+		const char *argv[6] = {"XGROUP", "CREATE", stream,
 		counter_redis_stream_group, "0", "MKSTREAM"};
 		redisReply *r = CounterRedisCommand(t, 6, argv, NULL);
 
@@ -514,48 +504,31 @@ CounterRedisDrainStream(CounterRedisTarget *t, TimestampTz deadline, bool *more)
 			return true;		/* keys still drain; the stream waits */
 		}
 		freeReplyObject(r);
-		t->stream_ready = true;
-		t->stream_pending = true;
+		ss->ready = true;
+		ss->pending = true;
 	}
-	autoclaim_due = GetCurrentTimestamp() - t->last_autoclaim >= 30 * USECS_PER_SEC;
 	for (;;)
 	{
 		StreamEntry *entries;
-		int			n;
-		bool		from_pending = t->stream_pending;
-		bool		claimed = false;
+		bool		from_pending = ss->pending;
+		const char *argv[9] = {"XREADGROUP", "GROUP", counter_redis_stream_group,
+			COUNTER_REDIS_CONSUMER, "COUNT", count, "STREAMS", stream,
+		from_pending ? "0" : ">"};
+		int			n = CounterStreamRead(t, ss, 9, argv, &entries);
 
-		if (from_pending || !autoclaim_due)
-		{
-			const char *argv[10] = {"XREADGROUP", "GROUP", counter_redis_stream_group,
-				COUNTER_REDIS_CONSUMER, "COUNT", count, "STREAMS", counter_redis_stream,
-			from_pending ? "0" : ">"};
-
-			n = CounterStreamRead(t, 9, argv, false, &entries);
-		}
-		else
-		{
-			const char *argv[8] = {"XAUTOCLAIM", counter_redis_stream,
-				counter_redis_stream_group, COUNTER_REDIS_CONSUMER,
-			COUNTER_REDIS_AUTOCLAIM_IDLE, "0-0", "COUNT", count};
-
-			n = CounterStreamRead(t, 8, argv, true, &entries);
-			t->last_autoclaim = GetCurrentTimestamp();
-			autoclaim_due = false;
-			claimed = true;
-		}
 		if (n < 0)
 			return t->ctx != NULL;
 		if (n > 0)
 		{
-			CounterStreamApply(t, entries, n);
-			if (!CounterStreamAck(t, entries, n))
+			/* a failure here leaves the entries pending, read again first */
+			ss->pending = true;
+			CounterStreamApply(t, stream, counters, ncounters, entries, n);
+			if (!CounterStreamAck(t, stream, entries, n))
 				return false;
 			CounterSourceYield();
 		}
-		if (from_pending && n < counter_redis_batch_size)
-			t->stream_pending = false;
-		else if (!from_pending && !claimed && n < counter_redis_batch_size)
+		ss->pending = from_pending && n >= counter_redis_batch_size;
+		if (!from_pending && n < counter_redis_batch_size)
 			break;
 		if (GetCurrentTimestamp() >= deadline || CounterRedisStopSoon())
 		{
@@ -563,6 +536,38 @@ CounterRedisDrainStream(CounterRedisTarget *t, TimestampTz deadline, bool *more)
 			break;
 		}
 	}
-	CounterRedisNoteStream(t, CounterStreamLag(t));
+	*lag += Max(CounterStreamLag(t, stream), 0);
 	return t->ctx != NULL;
+}
+
+/*
+ * Read every stream a counter names whose key this master holds.  False
+ * if Redis failed.
+ */
+bool
+CounterRedisDrainStreams(CounterRedisTarget *t, const CounterRedisCounter *counters,
+						 int ncounters, TimestampTz deadline, bool *more)
+{
+	int64		lag = 0;
+	bool		any = false;
+	int			i,
+				j;
+
+	for (i = 0; i < ncounters; i++)
+	{
+		const char *stream = counters[i].stream;
+
+		if (stream == NULL || !CounterRedisHolds(t, stream))
+			continue;
+		for (j = 0; j < i; j++)
+			if (counters[j].stream && strcmp(counters[j].stream, stream) == 0)
+				break;
+		if (j < i)
+			continue;			/* read for an earlier counter already */
+		any = true;
+		if (!CounterRedisDrainOneStream(t, stream, counters, ncounters, deadline, more, &lag))
+			return false;
+	}
+	CounterRedisNoteStream(t, any ? lag : -1);
+	return true;
 }

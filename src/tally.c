@@ -285,7 +285,9 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 
 		errno = 0;
 		id = strtoi64(s, &end, 10);
-		if (*s == '\0' || *end != '\0' || errno != 0)
+		/* digits and a sign only: strtoi64 would skip leading blanks */
+		if (!(isdigit((unsigned char) s[0]) || (s[0] == '-' && isdigit((unsigned char) s[1]))) ||
+			*end != '\0' || errno != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 					 errmsg("invalid key \"%s\" for counter \"%s\"", s, def->name),

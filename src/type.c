@@ -6,6 +6,7 @@
 #include "counter.h"
 
 #include "libpq/pqformat.h"
+#include "common/hashfn.h"
 #include "utils/builtins.h"
 
 PG_FUNCTION_INFO_V1(counter_in);
@@ -15,6 +16,12 @@ PG_FUNCTION_INFO_V1(counter_send);
 PG_FUNCTION_INFO_V1(counter_eq);
 PG_FUNCTION_INFO_V1(counter_ne);
 PG_FUNCTION_INFO_V1(counter_id);
+PG_FUNCTION_INFO_V1(counter_cmp);
+PG_FUNCTION_INFO_V1(counter_lt);
+PG_FUNCTION_INFO_V1(counter_le);
+PG_FUNCTION_INFO_V1(counter_gt);
+PG_FUNCTION_INFO_V1(counter_ge);
+PG_FUNCTION_INFO_V1(counter_hash);
 
 /* Text input: a counter's name (or its numeric id); unknown names fail. */
 Datum
@@ -96,4 +103,53 @@ Datum
 counter_id(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT32(PG_GETARG_INT32(0));
+}
+
+/*
+ * Ordering of handles, by id (as regclass orders by oid), so that a handle
+ * can be sorted, grouped and made DISTINCT: the btree and hash operator
+ * classes of the type.
+ */
+Datum
+counter_cmp(PG_FUNCTION_ARGS)
+{
+	int32		a = PG_GETARG_INT32(0);
+	int32		b = PG_GETARG_INT32(1);
+
+	PG_RETURN_INT32(a < b ? -1 : a > b);
+}
+
+/* a < b, by id. */
+Datum
+counter_lt(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(PG_GETARG_INT32(0) < PG_GETARG_INT32(1));
+}
+
+/* a <= b, by id. */
+Datum
+counter_le(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(PG_GETARG_INT32(0) <= PG_GETARG_INT32(1));
+}
+
+/* a > b, by id. */
+Datum
+counter_gt(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(PG_GETARG_INT32(0) > PG_GETARG_INT32(1));
+}
+
+/* a >= b, by id. */
+Datum
+counter_ge(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(PG_GETARG_INT32(0) >= PG_GETARG_INT32(1));
+}
+
+/* The hash of a handle, for hash joins and hash aggregation. */
+Datum
+counter_hash(PG_FUNCTION_ARGS)
+{
+	return hash_uint32((uint32) PG_GETARG_INT32(0));
 }

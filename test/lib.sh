@@ -37,7 +37,7 @@ COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Packages the build, the tests and the demo need (Debian 12 names).
 COUNTER_PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15
-	postgresql-contrib libhiredis-dev redis-server libipc-run-perl)
+	postgresql-contrib libhiredis-dev redis-server libipc-run-perl sqlsmith)
 
 # Print a progress message.
 counter_say() {

@@ -128,6 +128,18 @@ cmp_ok($node->safe_psql('postgres', q{
 # A full buffer: increments of new keys take the durable path, none is lost.
 $node->append_conf('postgresql.conf', "counter.buffer_keys = 64\n");
 $node->restart;
+# Readers cannot crowd out buffered increments: cached totals take new
+# entries only while the buffer is less than half full.
+$node->safe_psql('postgres',
+	"SELECT counter.create('readers'); SELECT counter.incr('readers', k) FROM generate_series(1, 500) AS k");
+$node->safe_psql('postgres',
+	"SELECT count(counter.get('readers', g, max_age => '1 hour')) FROM generate_series(1, 500) AS g");
+cmp_ok($node->safe_psql('postgres', "SELECT entries FROM counter.buffer_usage()"), '<=', 32,
+	'500 cached reads take at most half of a 64-entry buffer');
+$node->safe_psql('postgres',
+	"SELECT counter.create('fresh', mode => 'buffered'); SELECT counter.incr('fresh', k) FROM generate_series(1, 20) AS k");
+is($node->safe_psql('postgres', "SELECT buffered || '/' || fallback FROM counter.stats WHERE name = 'fresh'"),
+	'20/0', 'buffered increments of new keys still find room');
 $node->safe_psql('postgres', "SELECT counter.create('many', mode => 'buffered')");
 $node->safe_psql('postgres', "SELECT counter.incr('many', k) FROM generate_series(1, 500) AS k");
 $node->safe_psql('postgres', "SELECT counter.incr('many', k) FROM generate_series(1, 500) AS k");

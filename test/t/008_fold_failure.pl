@@ -87,7 +87,7 @@ is($node->safe_psql('postgres', "SELECT counter.get('ov', 1)"), '922337203685477
 	'the big key keeps its total');
 is($node->safe_psql('postgres', "SELECT pending FROM counter.stats WHERE name = 'ov'"),
 	'0', 'and nothing of it stays pending');
-like(slurp_file($node->logfile), qr/WARNING:.*quarantined a buffered amount of 5 for key 1/,
+like(slurp_file($node->logfile), qr/WARNING:  counter: quarantined buffer item "1" from postgres: counter "ov" would overflow for key 1\n.*DETAIL:  Value "5"/,
 	'the quarantine is logged');
 $node->safe_psql('postgres', "SELECT counter.incr('fa1', 7, 3); SELECT counter.flush()");
 is($tally->('fa1', 7), '3', 'folds go on afterwards');

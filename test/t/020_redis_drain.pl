@@ -16,15 +16,25 @@ use RedisTest;
 
 my $r = redis_start(aof => 1);
 my $port = $r->{port};
-my $node = redis_node('redis', "redis://127.0.0.1:$port/0",
-	"counter.redis_stream = 'events'", 'counter.redis_batch_size = 50');
+my $node = redis_node('redis', "redis://127.0.0.1:$port/0", 'counter.redis_batch_size = 50');
 $node->safe_psql('postgres', q{
 	SELECT counter.create('views');
+	SELECT counter.alter('views', redis_prefix => 'views:', redis_stream => 'events');
 	SELECT counter.create('tags', key_type => 'text');
+	SELECT counter.alter('tags', redis_prefix => 'tags:', redis_stream => 'events');
 	SELECT counter.create('hits');
 	SELECT counter.alter('hits', redis_prefix => 'h:');
+	SELECT counter.create('quiet');
 	CREATE ROLE alice LOGIN;
 });
+
+# Keys nobody assigned to a counter stay as they are: an application's own
+# data beside the counters' keys, and keys named like a counter that has no
+# prefix.
+rcli($r, 'SET', 'cs:session-abc', '{"user": 7}');
+rcli($r, 'SET', 'quiet:1', '5');
+rcli($r, 'HSET', 'app:profile:7', 'name', 'ann');
+rcli($r, 'XADD', 'app-events', '*', 'counter', 'views', 'key', '1');
 
 # Plain, sharded and hash-tagged keys sum into one key; text keys map.
 rcli($r, 'INCRBY', 'views:42', 5);
@@ -70,11 +80,13 @@ is($node->safe_psql('postgres',
 	"SELECT string_agg(redis_key || '=' || value || ' ' || reason, '; ' ORDER BY redis_key) FROM counter.redis_quarantine"),
 	'views:5=hello value is not an integer; views:6=99999999999999999999 value is out of range for bigint; views:abc=7 key part is not a bigint',
 	'quarantine records key, value and reason');
+is(rcli($r, 'HGET', 'counter:quarantine:{0}', 'views:6'), '99999999999999999999',
+	'a value out of bigint is moved aside in Redis too');
 is(rcli($r, 'HGET', 'counter:quarantine:{0}', 'views:5'), 'hello',
 	'a bad value is moved aside in Redis, not dropped');
 is(rcli($r, 'EXISTS', 'views:5'), '0', 'and no longer blocks the drain');
 is($node->safe_psql('postgres', "SELECT counter.get('views', 5)"), '0', 'nothing counted for it');
-like(slurp_file($node->logfile), qr/quarantined Redis key "views:abc"/, 'quarantine is logged with the key');
+like(slurp_file($node->logfile), qr/quarantined redis item "views:abc"/, 'quarantine is logged with the key');
 is($node->safe_psql('postgres',
 	"SELECT pid IS NOT NULL FROM counter.worker_status() WHERE role = 'ingest' AND database = 'postgres'"), 't', 'the worker survived bad input');
 
@@ -92,8 +104,8 @@ is($node->safe_psql('postgres',
 	  . " WHERE c.name IN ('views', 'tags') AND bucket = '2020-01-01 00:00:00+00'"),
 	'2', 'the event time (ISO or Unix ms) picks the minute bucket');
 ok($node->poll_query_until('postgres',
-	"SELECT count(*) = 1 FROM counter.redis_quarantine WHERE reason = 'no such counter' AND value LIKE '%nosuch%'"),
-	'an entry for an unknown counter is quarantined');
+	"SELECT count(*) = 1 FROM counter.redis_quarantine WHERE reason = 'the counter it names does not read this stream' AND value LIKE '%nosuch%'"),
+	'an entry naming a counter that does not read the stream is quarantined');
 is(rcli($r, 'XPENDING', 'events', 'counter'), "0\n\n\n", 'every entry acknowledged');
 is($node->safe_psql('postgres', "SELECT count(*) FROM counter.redis_stream_pos WHERE stream = 'events'"),
 	'1', 'the stream position is recorded');
@@ -107,10 +119,43 @@ ok($node->poll_query_until('postgres',
 	'a repeated stream event id is counted once');
 is(rcli($r, 'XPENDING', 'events', 'counter'), "0\n\n\n", 'the duplicate is acknowledged too');
 
+# Whatever lies beside the counters' keys was never touched.
+is(rcli($r, 'GET', 'cs:session-abc'), '{"user": 7}', 'an application key is left where it was');
+is(rcli($r, 'GET', 'quiet:1'), '5', 'so is a key named like a counter without a prefix');
+is(rcli($r, 'HGET', 'app:profile:7', 'name'), 'ann', 'and a hash of the application');
+is(rcli($r, 'XLEN', 'app-events'), '1', 'a stream no counter reads is not read');
+is(rcli($r, 'EXISTS', 'app-events'), '1', 'nor given a consumer group');
+like(rcli($r, 'XINFO', 'GROUPS', 'app-events'), qr/^$/, 'no group on it');
+is($node->safe_psql('postgres', "SELECT counter.get('quiet', 1)"), '0', 'nothing counted for them');
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM counter.redis_quarantine WHERE redis_key LIKE 'cs:%' OR redis_key LIKE 'quiet:%' OR redis_key LIKE 'app%'"),
+	'0', 'nor quarantined');
+
+# Under a counter's prefix, what cannot count is moved aside and recorded:
+# a hash, an empty key part, a delta beyond max_delta.
+$node->safe_psql('postgres', "SELECT counter.alter('hits', max_delta => 1000)");
+rcli($r, 'HSET', 'h:9', 'f', 'v');
+rcli($r, 'SET', 'h:', '7');
+rcli($r, 'SET', 'h:55', '5000');
+rcli($r, 'SET', 'h:56', '500');
+ok($node->poll_query_until('postgres', "SELECT counter.get('hits', 56) = 500"), 'the good key drains');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 3 FROM counter.redis_quarantine WHERE redis_key IN ('h:9', 'h:', 'h:55')"),
+	'the bad ones are quarantined');
+is($node->safe_psql('postgres',
+	"SELECT string_agg(redis_key || ': ' || reason, '; ' ORDER BY redis_key) FROM counter.redis_quarantine WHERE redis_key IN ('h:9', 'h:', 'h:55')"),
+	'h:: key part is empty; h:55: delta 5000 exceeds max_delta 1000; h:9: key is a hash, not a string; moved to counter:quarantine:{...}:hash:<key>',
+	'each with its reason');
+is(rcli($r, 'HGET', 'counter:quarantine:{0}:hash:h:9', 'f'), 'v', 'the hash is kept whole under its new name');
+is(rcli($r, 'EXISTS', 'h:9'), '0', 'and no longer blocks the prefix');
+is($node->safe_psql('postgres', "SELECT counter.get('hits', 55) + counter.get('hits', 9)"), '0',
+	'nothing counted for them');
+$node->safe_psql('postgres', "SELECT counter.alter('hits', max_delta => 0)");
+
 # Status.
 my $status = $node->safe_psql('postgres',
 	"SELECT url, connected, drained_deltas > 0, quarantined, stream_lag, last_drain IS NOT NULL FROM counter.redis_status()");
-is($status, "127.0.0.1:$port/0|t|t|4|0|t", 'redis_status shows the master');
+is($status, "127.0.0.1:$port/0|t|t|7|0|t", 'redis_status shows the master');
 
 # The password: a superuser-only setting, used for AUTH.
 rcli($r, 'CONFIG', 'SET', 'requirepass', 's3cret');
@@ -161,7 +206,7 @@ $node->stop;
 # and drains once Redis is there.
 my $port2 = PostgreSQL::Test::Cluster::get_free_port();
 my $node2 = redis_node('redisdown', "redis://127.0.0.1:$port2/0");
-$node2->safe_psql('postgres', "SELECT counter.create('views')");
+$node2->safe_psql('postgres', "SELECT counter.create('views'); SELECT counter.alter('views', redis_prefix => 'views:')");
 my $pid = worker_pid($node2);
 ok($pid, 'worker runs without Redis');
 usleep(3_000_000);

@@ -20,7 +20,7 @@ my $port = $r->{port};
 my $node = redis_node('rcrash', "redis://127.0.0.1:$port/0",
 	'counter.redis_batch_size = 200', 'counter.redis_poll_interval = 20ms',
 	'restart_after_crash = on');
-$node->safe_psql('postgres', "SELECT counter.create('views'); SELECT counter.create('ctl')");
+$node->safe_psql('postgres', "SELECT counter.create('views'); SELECT counter.alter('views', redis_prefix => 'views:'); SELECT counter.create('ctl')");
 
 my $N1 = 400_000;    # INCR views:<random key of 5000>
 my $N2 = 200_000;    # INCR views:900042:s<random shard of 16>

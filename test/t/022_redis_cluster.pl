@@ -27,8 +27,7 @@ for (1 .. 100)
 like(rcli($rs[0], 'CLUSTER', 'INFO'), qr/cluster_state:ok/, 'cluster is up');
 
 my $node = redis_node('rcluster', "redis://127.0.0.1:$rs[0]{port}/0",
-	"counter.redis_stream = 'events'", 'counter.redis_batch_size = 100');
-$node->safe_psql('postgres', "SELECT counter.create('views')");
+	'counter.redis_batch_size = 100');
 
 # Load through redis-cli -c (follows MOVED): plain keys over all masters,
 # shards of one hot key, hash-tagged keys, stream events.
@@ -52,6 +51,8 @@ IPC::Run::run([ 'redis-cli', '-c', '-p', $rs[0]{port} ], '<', \$cmds, '>', \$out
 unlike($out, qr/ERR|MOVED/, 'load went in');
 my @counts = map { 0 + rcli($_, 'DBSIZE') } @rs;
 cmp_ok((grep { $_ > 0 } @counts), '==', 3, "keys on all 3 masters (@counts)");
+# only now does a counter claim them: until then they are nobody's
+$node->safe_psql('postgres', "SELECT counter.create('views'); SELECT counter.alter('views', redis_prefix => 'views:', redis_stream => 'events')");
 
 ok($node->poll_query_until('postgres',
 	"SELECT sum(value) = $expect FROM counter.tally"),
