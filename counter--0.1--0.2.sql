@@ -224,12 +224,12 @@ ALTER TABLE @extschema@.ranking_state
 	DROP COLUMN settled_until,
 	DROP COLUMN full_at,
 	ADD COLUMN epoch bigint,
-	ADD COLUMN active_until timestamptz,
+	ADD COLUMN next_due timestamptz,
 	ADD COLUMN spans interval[],
 	ADD COLUMN weights float8[],
 	ADD COLUMN half_life interval;
 COMMENT ON TABLE @extschema@.ranking_state IS
-	'per counter: when its ranking was refreshed, under which epoch of changed keys and settings, and until when its rows can still cross a window edge';
+	'per counter: when its ranking was refreshed, under which epoch of changed keys and settings, and when a row next crosses a window edge (before it, a refresh with no changed keys has nothing to do)';
 
 CREATE OR REPLACE FUNCTION @extschema@.refresh_ranking(
 	counter @extschema@.counter DEFAULT NULL,

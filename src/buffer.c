@@ -620,38 +620,55 @@ CounterBufEvict(int64 keep_cache_us)
 	return evicted;
 }
 
-/* Totals of what the buffer holds for one counter (for counter.stats). */
-void
-CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys)
+static int
+CounterInt32Cmp(const void *a, const void *b)
 {
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
 
-	*pending = 0;
-	*keys = 0;
+	return (x > y) - (x < y);
+}
+
+/*
+ * Totals of what the buffer holds for each of n counters of this database
+ * (for counter.stats), in one pass over the buffer: pending[i] and keys[i]
+ * for ids[i].  Sorts ids.
+ */
+void
+CounterBufCounterTotals(int32 *ids, int n, int64 *pending, int64 *keys)
+{
+	HASH_SEQ_STATUS status;
+	CounterBufEntry *entry;
+
+	qsort(ids, n, sizeof(int32), CounterInt32Cmp);
+	memset(pending, 0, sizeof(int64) * n);
+	memset(keys, 0, sizeof(int64) * n);
+	if (n == 0)
+		return;
+	CounterLockAll(LW_SHARED);
+	hash_seq_init(&status, buffer_hash);
+	while ((entry = hash_seq_search(&status)) != NULL)
 	{
-		HASH_SEQ_STATUS status;
-		CounterBufEntry *entry;
+		int64		sum = 0;
+		int32	   *hit;
+		int			i;
 
-		CounterLockAll(LW_SHARED);
-		hash_seq_init(&status, buffer_hash);
-		while ((entry = hash_seq_search(&status)) != NULL)
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
+		hit = bsearch(&entry->key.counter_id, ids, n, sizeof(int32), CounterInt32Cmp);
+		if (hit == NULL)
+			continue;
+		CounterEntryLock(entry);
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+			sum += entry->slots[i].pending;
+		CounterEntryUnlock(entry);
+		if (sum != 0)
 		{
-			int64		sum = 0;
-			int			i;
-
-			if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
-				continue;
-			CounterEntryLock(entry);
-			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-				sum += entry->slots[i].pending;
-			CounterEntryUnlock(entry);
-			if (sum != 0)
-			{
-				*pending += sum;
-				(*keys)++;
-			}
+			pending[hit - ids] += sum;
+			keys[hit - ids]++;
 		}
-		CounterUnlockAll();
 	}
+	CounterUnlockAll();
 }
 
 /*

@@ -110,41 +110,67 @@ CounterCompactStep(const CompactStep *step, int32 counter_id, TimestampTz now, i
 	return moved;
 }
 
-/* The ids of every counter, in the current transaction (inside the scope). */
+/*
+ * The counters with rows due for a step as of now, in the current
+ * transaction (inside the scope): their ids, and in *due a bit per step.
+ * One probe of a partial index per counter and step, so a pass over many
+ * counters with little to do costs little.
+ */
 static int32 *
-CounterCompactIds(int *n, MemoryContext cxt)
+CounterCompactDue(TimestampTz now, int *n, int **due, MemoryContext cxt)
 {
+	StringInfoData sql;
+	Oid			argtypes[1] = {TIMESTAMPTZOID};
+	Datum		values[1];
 	int32	   *ids;
 	uint64		i;
+	int			j;
 
-	if (SPI_execute("SELECT id FROM counter.definition ORDER BY id", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "listing counters failed");
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT id, due FROM (SELECT d.id, 0");
+	for (j = 0; j < lengthof(compact_steps); j++)
+		appendStringInfo(&sql,
+						 " | CASE WHEN EXISTS (SELECT FROM counter.tally t"
+						 "  WHERE t.counter_id = d.id AND %s"
+						 "  AND t.bucket > '-infinity' AND t.bucket < %s) THEN %d ELSE 0 END",
+						 compact_steps[j].pred, compact_steps[j].cutoff, 1 << j);
+	appendStringInfoString(&sql, " AS due FROM counter.definition d) s WHERE due <> 0 ORDER BY id");
+	values[0] = TimestampTzGetDatum(now);
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "listing the counters due for compaction failed");
 	ids = MemoryContextAlloc(cxt, sizeof(int32) * Max(SPI_processed, 1));
+	*due = MemoryContextAlloc(cxt, sizeof(int) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
 
 		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		(*due)[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 	}
 	*n = (int) SPI_processed;
+	pfree(sql.data);
 	return ids;
 }
 
 /*
- * Compact one counter as of now: every step, in short transactions of at
- * most `limit` rows, up to max_rounds of them per step.  Returns the rows
- * moved.
+ * Compact one counter as of now: the steps in `due` (and any step after one
+ * that moved rows), in short transactions of at most `limit` rows, up to
+ * max_rounds of them per step.  Returns the rows moved.
  */
 static int64
-CounterCompactCounter(int32 id, TimestampTz now, int limit, int max_rounds)
+CounterCompactCounter(int32 id, int due, TimestampTz now, int limit, int max_rounds)
 {
 	int64		total = 0;
+	bool		fed = false;
 	int			i;
 
 	for (i = 0; i < lengthof(compact_steps); i++)
 	{
 		int			round;
+		int64		step_moved = 0;
 
+		if (!(due & (1 << i)) && !fed)
+			continue;
 		for (round = 0; round < max_rounds; round++)
 		{
 			CounterScope scope;
@@ -159,10 +185,12 @@ CounterCompactCounter(int32 id, TimestampTz now, int limit, int max_rounds)
 			CounterLeave(&scope);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
-			total += moved;
+			step_moved += moved;
 			if (moved < limit)
 				break;
 		}
+		total += step_moved;
+		fed = step_moved > 0;
 	}
 	return total;
 }
@@ -184,6 +212,7 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds,
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile int64 total = 0;
 	int32	   *ids;
+	int		   *due;
 	int			nids;
 	int			i;
 	int			round;
@@ -201,7 +230,7 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds,
 		CounterScope scope;
 
 		CounterEnter(&scope);
-		ids = CounterCompactIds(&nids, cxt);
+		ids = CounterCompactDue(now, &nids, &due, cxt);
 		CounterLeave(&scope);
 	}
 	PopActiveSnapshot();
@@ -212,7 +241,7 @@ CounterCompactAll(TimestampTz now, int limit, int max_rounds,
 	{
 		PG_TRY();
 		{
-			total += CounterCompactCounter(ids[i], now, limit, max_rounds);
+			total += CounterCompactCounter(ids[i], due[i], now, limit, max_rounds);
 		}
 		PG_CATCH();
 		{
@@ -259,6 +288,7 @@ counter_compact(PG_FUNCTION_ARGS)
 	CounterScope scope;
 	int64		total = 0;
 	int32	   *ids;
+	int		   *due;
 	int			nids;
 	int			i,
 				c;
@@ -270,10 +300,21 @@ counter_compact(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("now must be a finite timestamp")));
 	CounterEnter(&scope);
-	ids = CounterCompactIds(&nids, CurrentMemoryContext);
+	ids = CounterCompactDue(now, &nids, &due, CurrentMemoryContext);
 	for (c = 0; c < nids; c++)
+	{
+		bool		fed = false;
+
 		for (i = 0; i < lengthof(compact_steps); i++)
-			total += CounterCompactStep(&compact_steps[i], ids[c], now, INT_MAX);
+		{
+			int64		moved = 0;
+
+			if ((due[c] & (1 << i)) || fed)
+				moved = CounterCompactStep(&compact_steps[i], ids[c], now, INT_MAX);
+			total += moved;
+			fed = moved > 0;
+		}
+	}
 	total += CounterPurgeLimits(now, INT_MAX);
 	CounterLeave(&scope);
 	PG_RETURN_INT64(total);

@@ -253,7 +253,7 @@ typedef struct CounterDbSlot
 	pg_atomic_uint64 fold_requested;	/* flush() requests, a generation */
 	pg_atomic_uint64 fold_done;	/* generation the last finished fold served */
 	ConditionVariable fold_cv;
-	TimestampTz last_fold;
+	TimestampTz last_fold;		/* start of the last fold: all committed before it is folded */
 	double		last_fold_ms;
 	int64		folds;
 	int64		folded_deltas;
@@ -356,7 +356,7 @@ extern int	CounterBufDrain(TransactionId xid, TransactionId horizon,
 							CounterDrainCallback emit, void *arg);
 extern void CounterBufUndrain(TransactionId xid);
 extern int	CounterBufEvict(int64 keep_cache_us);
-extern void CounterBufCounterTotals(int32 counter_id, int64 *pending, int64 *keys);
+extern void CounterBufCounterTotals(int32 *ids, int n, int64 *pending, int64 *keys);
 extern void CounterBufForget(int32 counter_id);
 extern void CounterBufForgetDatabase(Oid dbid);
 

@@ -114,7 +114,12 @@ CounterFold(void)
 	volatile int result = 0;
 
 	if (pg_atomic_read_u32(&counter_shared->nentries) == 0)
+	{
+		SpinLockAcquire(&counter_shared->mutex);
+		my_slot->last_fold = start;
+		SpinLockRelease(&counter_shared->mutex);
 		return 0;
+	}
 	CounterProcState("folding");
 	batch = palloc0(sizeof(FoldBatch));
 	batch->cap = 1024;
@@ -149,7 +154,7 @@ CounterFold(void)
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 
-	if (result > 0)
+	if (result >= 0)
 	{
 		TimestampTz end = GetCurrentTimestamp();
 		int			i;
@@ -165,10 +170,13 @@ CounterFold(void)
 			}
 		}
 		SpinLockAcquire(&counter_shared->mutex);
-		my_slot->last_fold = end;
-		my_slot->last_fold_ms = (end - start) / 1000.0;
-		my_slot->folds++;
-		my_slot->folded_deltas += batch->n;
+		my_slot->last_fold = start;
+		if (result > 0)
+		{
+			my_slot->last_fold_ms = (end - start) / 1000.0;
+			my_slot->folds++;
+			my_slot->folded_deltas += batch->n;
+		}
 		SpinLockRelease(&counter_shared->mutex);
 	}
 	pfree(batch->items);

@@ -64,7 +64,6 @@ typedef struct RankAcc
 	int128		windows[COUNTER_MAX_SPANS];
 	double		m;				/* largest exponent added, -inf before any */
 	double		s;				/* sum of value x 2^(e - m) */
-	TimestampTz max_bucket;		/* latest finite bucket seen */
 } RankAcc;
 
 /* One key's ranked values, as stored in counter.ranking. */
@@ -90,7 +89,6 @@ struct RankRun
 	RankRow    *rows;
 	int			nrows;
 	int64		changed;
-	TimestampTz max_bucket;
 };
 
 static void CounterRunAdd(RankRun *run, const RankAcc *acc);
@@ -99,6 +97,7 @@ static SPIPlanPtr plan_state = NULL;
 static SPIPlanPtr plan_all_rows = NULL;
 static SPIPlanPtr plan_key_rows = NULL;
 static SPIPlanPtr plan_crossing = NULL;
+static SPIPlanPtr plan_next_due = NULL;
 static SPIPlanPtr plan_gone = NULL;
 static SPIPlanPtr plan_save_state = NULL;
 static SPIPlanPtr plan_one_key = NULL;
@@ -122,7 +121,6 @@ CounterAccReset(RankAcc *acc, int64 key)
 	memset(acc, 0, sizeof(*acc));
 	acc->key = key;
 	acc->m = -INFINITY;
-	acc->max_bucket = DT_NOBEGIN;
 }
 
 /* Add one row (or pending amount) of the key at bucket, as of run->t. */
@@ -135,8 +133,6 @@ CounterAccAdd(const RankRun *run, RankAcc *acc, TimestampTz bucket, int64 value)
 	acc->total += value;
 	if (TIMESTAMP_NOT_FINITE(bucket))
 		return;
-	if (bucket > acc->max_bucket)
-		acc->max_bucket = bucket;
 	if (bucket < run->t)
 		for (i = 0; i < def->nspans; i++)
 			if (bucket >= run->lows[i])
@@ -226,7 +222,6 @@ CounterRunInit(RankRun *run, const CounterDef *def, TimestampTz t)
 	run->t = t;
 	for (i = 0; i < def->nspans; i++)
 		run->lows[i] = t - def->span_us[i];
-	run->max_bucket = DT_NOBEGIN;
 	run->emit = CounterRunAdd;
 }
 
@@ -497,8 +492,6 @@ CounterRunAdd(RankRun *run, const RankAcc *acc)
 	if (run->rows == NULL)
 		run->rows = palloc(sizeof(RankRow) * COUNTER_RANK_BATCH);
 	CounterAccFinish(run->def, acc, &run->rows[run->nrows++]);
-	if (acc->max_bucket > run->max_bucket)
-		run->max_bucket = acc->max_bucket;
 	if (run->nrows == COUNTER_RANK_BATCH)
 		CounterRunFlush(run);
 }
@@ -687,6 +680,65 @@ CounterCrossingKeys(RankRun *run, TimestampTz t1, int64 **keys, int *nkeys, int 
 	SPI_freetuptable(SPI_tuptable);
 }
 
+/*
+ * The earliest time after t at which a row of def changes its ranked values
+ * without being written: a bucket leaving a span (at bucket + span) or a
+ * future bucket entering the windows.  Until then a refresh with no changed
+ * keys has nothing to do.  DT_NOEND if no row ever will.  One probe of each
+ * partial index per span.
+ */
+static TimestampTz
+CounterNextDue(const CounterDef *def, TimestampTz t)
+{
+	Oid			argtypes[2] = {INT4OID, TIMESTAMPTZARRAYOID};
+	Datum		values[2];
+	Datum		lo[COUNTER_MAX_SPANS + 1];
+	int64		off[COUNTER_MAX_SPANS + 1];
+	TimestampTz due = DT_NOEND;
+	int			n = 0;
+	int			i;
+	uint64		j;
+	int			rc;
+
+	for (i = 0; i < def->nspans; i++)
+	{
+		lo[n] = TimestampTzGetDatum(t - def->span_us[i]);
+		off[n++] = def->span_us[i];
+	}
+	lo[n] = TimestampTzGetDatum(t + 1);
+	off[n++] = 0;
+	values[0] = Int32GetDatum(def->id);
+	values[1] = PointerGetDatum(construct_array(lo, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+#define COUNTER_NEXT(pred) \
+	" SELECT r.i, (SELECT min(tl.bucket) FROM counter.tally tl" \
+	" WHERE tl.counter_id = $1 AND " pred " AND tl.bucket >= r.lo) AS b" \
+	" FROM unnest($2) WITH ORDINALITY AS r(lo, i)"
+	rc = SPI_execute_plan(CounterPlan(&plan_next_due,
+									  COUNTER_NEXT("(tl.slot >= 0 OR tl.slot = -4)")
+									  " UNION ALL" COUNTER_NEXT("tl.slot = -1")
+									  " UNION ALL" COUNTER_NEXT("tl.slot = -2")
+									  " UNION ALL" COUNTER_NEXT("tl.slot = -3"),
+									  2, argtypes),
+						  values, NULL, true, 0);
+#undef COUNTER_NEXT
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "finding the ranking's next edge failed: %s", SPI_result_code_string(rc));
+	for (j = 0; j < SPI_processed; j++)
+	{
+		bool		null1,
+					null2;
+		int64		k = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1, &null1));
+		TimestampTz b = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 2, &null2));
+
+		if (null1 || null2 || k < 1 || k > n || TIMESTAMP_NOT_FINITE(b))
+			continue;
+		/* spans are checked at alter: bucket + span stays in range */
+		due = Min(due, b + off[k - 1]);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return due;
+}
+
 /* Delete the ranking rows of keys that have no row left (in scope). */
 static void
 CounterRankGone(const CounterDef *def, const int64 *keys, int n)
@@ -731,7 +783,7 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 	RankRun		run;
 	uint64		epoch = CounterChangedEpoch(COUNTER_CONSUMER_RANK);
 	TimestampTz t1 = 0;
-	TimestampTz active_until = DT_NOEND;
+	TimestampTz next_due = DT_NOBEGIN;
 	bool		isnull;
 	int			rc;
 
@@ -747,7 +799,7 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 	/* a build from all rows, or only what can have changed? */
 	values[0] = Int32GetDatum(def->id);
 	rc = SPI_execute_plan(CounterPlan(&plan_state,
-									  "SELECT s.refreshed_at, s.epoch, s.active_until,"
+									  "SELECT s.refreshed_at, s.epoch, s.next_due,"
 									  " (s.spans, s.weights, s.half_life) IS NOT DISTINCT FROM"
 									  " (d.trend_spans, d.trend_weights, d.half_life)"
 									  " FROM counter.ranking_state s JOIN counter.definition d ON d.id = s.counter_id"
@@ -769,9 +821,9 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 
 		t1 = DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull));
 		e = SPI_getbinval(tup, desc, 2, &n1);
-		active_until = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &n2));
+		next_due = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &n2));
 		if (n2)
-			active_until = DT_NOEND;
+			next_due = DT_NOBEGIN;	/* unknown: look */
 		if (epoch == 0 || n1 || (uint64) DatumGetInt64(e) != epoch ||
 			!DatumGetBool(SPI_getbinval(tup, desc, 4, &n3)) || t < t1)
 			full = true;
@@ -805,7 +857,7 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 		if (nchanged > 0)
 			memcpy(keys, changed, sizeof(int64) * nchanged);
 		nkeys = nchanged;
-		if (active_until >= t1)
+		if (next_due <= t)
 			CounterCrossingKeys(&run, t1, &keys, &nkeys, &cap);
 		if (nkeys > 1)
 		{
@@ -840,33 +892,27 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 		CounterRunFlush(&run);
 	}
 
-	/* remember when, under which epoch and settings, and how late rows still cross */
+	/* remember when, under which epoch and settings, and when rows next cross */
 	{
 		Datum		sv[6];
 		char		sn[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-		int64		max_span = 0;
-		int			i;
+		TimestampTz due = CounterNextDue(def, t);
 
-		for (i = 0; i < def->nspans; i++)
-			max_span = Max(max_span, def->span_us[i]);
 		sv[0] = Int32GetDatum(def->id);
 		sv[1] = TimestampTzGetDatum(t);
 		sv[2] = Int64GetDatum((int64) epoch);
 		if (epoch == 0)
 			sn[2] = 'n';
-		sv[3] = TimestampTzGetDatum(run.max_bucket == DT_NOBEGIN ? DT_NOBEGIN :
-									run.max_bucket + max_span);
-		if (!full && active_until != DT_NOEND)
-			sv[3] = TimestampTzGetDatum(Max(DatumGetTimestampTz(sv[3]), active_until));
+		sv[3] = TimestampTzGetDatum(due);
 		argtypes[3] = TIMESTAMPTZOID;
 		rc = SPI_execute_plan(CounterPlan(&plan_save_state,
 										  "INSERT INTO counter.ranking_state AS s"
-										  " (counter_id, refreshed_at, epoch, active_until, spans, weights, half_life)"
+										  " (counter_id, refreshed_at, epoch, next_due, spans, weights, half_life)"
 										  " SELECT $1, $2, $3, $4, d.trend_spans, d.trend_weights, d.half_life"
 										  " FROM counter.definition d WHERE d.id = $1"
 										  " ON CONFLICT (counter_id) DO UPDATE SET"
 										  " refreshed_at = excluded.refreshed_at, epoch = excluded.epoch,"
-										  " active_until = excluded.active_until, spans = excluded.spans,"
+										  " next_due = excluded.next_due, spans = excluded.spans,"
 										  " weights = excluded.weights, half_life = excluded.half_life",
 										  4, argtypes),
 							  sv, sn, false, 0);

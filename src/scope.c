@@ -102,7 +102,11 @@ CounterPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 
 	if (*cache)
 		return *cache;
-	plan = SPI_prepare(sql, nargs, argtypes);
+	/*
+	 * Generic: every statement here looks rows up by index, and planning
+	 * each call would cost more than running it.
+	 */
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
 			 SPI_result_code_string(SPI_result));

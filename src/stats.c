@@ -7,6 +7,7 @@
 #include "counter.h"
 
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 
@@ -23,11 +24,26 @@ counter_stats_raw(PG_FUNCTION_ARGS)
 	int			nids = 0;
 	int			cap = 64;
 	int			i;
+	CounterDbSlot *slot;
+	TimestampTz db_fold = 0;
+	int64	   *pendings;
+	int64	   *nkeys;
 
 	CounterRequireShmem("counter.stats");
+	slot = CounterSlotFor(MyDatabaseId);
+	if (slot)
+	{
+		SpinLockAcquire(&counter_shared->mutex);
+		if (slot->dbid == MyDatabaseId)
+			db_fold = slot->last_fold;
+		SpinLockRelease(&counter_shared->mutex);
+	}
 	InitMaterializedSRF(fcinfo, 0);
 	ids = palloc(sizeof(int32) * cap);
 	CounterStatsIds(&ids, &nids, &cap);
+	pendings = palloc(sizeof(int64) * Max(nids, 1));
+	nkeys = palloc(sizeof(int64) * Max(nids, 1));
+	CounterBufCounterTotals(ids, nids, pendings, nkeys);
 	for (i = 0; i < nids; i++)
 	{
 		CounterStatsEntry *e = CounterStatsFor(ids[i]);
@@ -44,10 +60,18 @@ counter_stats_raw(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(ids[i]);
 		for (j = 0; j < COUNTER_STAT_COUNT; j++)
 			values[1 + j] = Int64GetDatum((int64) pg_atomic_read_u64(&e->n[j]));
-		CounterBufCounterTotals(ids[i], &pending, &keys);
+		pending = pendings[i];
+		keys = nkeys[i];
 		values[COUNTER_STAT_COUNT + 1] = Int64GetDatum(pending);
 		values[COUNTER_STAT_COUNT + 2] = Int64GetDatum(keys);
 		last = pg_atomic_read_u64(&e->last_fold);
+
+		/*
+		 * A fold carries every pending delta committed before it started, so
+		 * a buffered counter is folded up to the database's last fold.
+		 */
+		if (last != 0 || pending != 0 || pg_atomic_read_u64(&e->n[COUNTER_STAT_BUFFERED]) != 0)
+			last = Max(last, (uint64) db_fold);
 		values[COUNTER_STAT_COUNT + 3] = TimestampTzGetDatum((TimestampTz) last);
 		nulls[COUNTER_STAT_COUNT + 3] = (last == 0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

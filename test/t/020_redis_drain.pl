@@ -224,6 +224,34 @@ rcli($r2, 'INCRBY', 'views:1', 9);
 ok($node2->poll_query_until('postgres', "SELECT counter.get('views', 1) = 9"),
 	'drains once Redis is up (within the 30 s backoff cap)');
 like(slurp_file($node2->logfile), qr/Redis 127\.0\.0\.1:$port2\/0 is back/, 'the recovery is logged');
+
+# A keyspace mostly of other applications' keys: 510,000 of them beside 22
+# counters' prefixes.  A drain round has a deadline and one SCAN cursor per
+# Redis, so flush() never waits for a pass over the keyspace, and a new
+# counter key is still found within a pass.
+rcli($r2, 'EVAL', "for i = 1, 510000 do redis.call('SET', 'junk:' .. i, i) end return 1", 0);
+$node2->safe_psql('postgres', q{
+	SELECT counter.create('many' || g) FROM generate_series(1, 22) g;
+	SELECT counter.alter(('many' || g)::counter.counter, redis_prefix => 'many' || g || ':')
+	FROM generate_series(1, 22) g;
+	SELECT counter.create('busy', mode => 'buffered');
+});
+my $slowest = 0;
+for my $i (1 .. 10)
+{
+	my $t = [ Time::HiRes::gettimeofday() ];
+	$node2->safe_psql('postgres', "SELECT counter.incr('busy', $i); SELECT counter.flush()");
+	my $s = Time::HiRes::tv_interval($t);
+	$slowest = $s if $s > $slowest;
+}
+cmp_ok($slowest, '<', 1.5, "flush() beside 510,000 other keys stays within a round (slowest ${slowest}s)");
+rcli($r2, 'INCRBY', 'many17:4', 5);
+my $t1 = [ Time::HiRes::gettimeofday() ];
+ok($node2->poll_query_until('postgres', "SELECT counter.get('many17', 4) = 5"),
+	'a new counter key is found among them');
+my $found = Time::HiRes::tv_interval($t1);
+cmp_ok($found, '<', 20, "within a few seconds (${found}s)");
+is(rcli($r2, 'DBSIZE'), '510000', 'the other keys are untouched');
 my $t0 = time;
 $node2->stop;
 cmp_ok(time - $t0, '<', 5, 'stops promptly');
