@@ -397,7 +397,10 @@ DO $$
 BEGIN
 	IF coalesce(current_setting('counter.redis_url', true), '') <> '' THEN
 		UPDATE @extschema@.definition SET redis_prefix = name || ':' WHERE redis_prefix IS NULL;
-		RAISE NOTICE 'counter: counter.redis_url is set, so every counter keeps draining Redis keys "<name>:*"; clear a prefix with counter.alter(c, redis_prefix => '''')';
+		-- a WARNING: CREATE/ALTER EXTENSION hide a script's NOTICEs
+		IF FOUND THEN
+			RAISE WARNING 'counter: counter.redis_url is set, so every counter keeps draining Redis keys "<name>:*"; clear a prefix with counter.alter(c, redis_prefix => '''')';
+		END IF;
 		IF coalesce(current_setting('counter.redis_stream', true), '') <> '' THEN
 			UPDATE @extschema@.definition SET redis_stream = current_setting('counter.redis_stream')
 			WHERE redis_stream IS NULL;
@@ -501,3 +504,20 @@ CREATE OPERATOR CLASS @extschema@.counter_hash_ops
 	DEFAULT FOR TYPE @extschema@.counter USING hash AS
 		OPERATOR 1 @extschema@.=,
 		FUNCTION 1 @extschema@.counter_hash(@extschema@.counter);
+
+-- From every driver ------------------------------------------------------------
+-- A counter's name as text or varchar (a bound parameter, a PL/pgSQL
+-- variable, a column of counter.counters) converts implicitly, as text does
+-- to regclass.  An untyped list (what node-pg sends, and psycopg for a list
+-- of strings) arrives as an array literal: get_many(counter, text) reads it
+-- in the counter's key type, where the two typed versions would be
+-- ambiguous.
+CREATE CAST (text AS @extschema@.counter) WITH INOUT AS IMPLICIT;
+CREATE CAST (varchar AS @extschema@.counter) WITH INOUT AS IMPLICIT;
+
+CREATE FUNCTION @extschema@.get_many(counter @extschema@.counter, keys text)
+RETURNS TABLE(key text, value bigint)
+AS 'MODULE_PATHNAME', 'counter_get_many' LANGUAGE C STABLE ROWS 10;
+COMMENT ON FUNCTION @extschema@.get_many(@extschema@.counter, text) IS
+	'totals of the keys in an array literal such as ''{1,2,3}'', read in the counter''s key type; keys come back as text';
+REVOKE EXECUTE ON FUNCTION @extschema@.get_many(@extschema@.counter, text) FROM PUBLIC;

@@ -36,6 +36,8 @@
 #define COUNTER_MAX_INTERVAL_US (INT64CONST(36525) * USECS_PER_DAY)
 #define COUNTER_MAX_SLOTS 1024
 #define COUNTER_SCHEMA "counter"
+#define COUNTER_VERSION "0.2"		/* the extension version this library serves */
+#define COUNTER_WHY_LEN 128
 
 #define COUNTER_PARTITIONS 16	/* power of two */
 #define COUNTER_BUF_SLOTS 2
@@ -244,7 +246,7 @@ typedef struct CounterDbSlot
 	CounterDbState state;
 	TimestampTz state_at;
 	TimestampTz paused_until;
-	char		why[128];		/* why it is idle or unserved */
+	char		why[COUNTER_WHY_LEN];	/* why it is idle or unserved */
 	bool		recheck;		/* asked for while starting: look again if idle */
 	CounterProcStatus proc[COUNTER_ROLES];
 	pg_atomic_uint64 changed_epoch; /* changes when changed keys were lost */
@@ -305,6 +307,7 @@ extern void CounterGucInit(void);
 
 /* scope.c */
 extern void CounterLocateTables(void);
+extern char *CounterInstalledVersion(void);
 extern void CounterScopeReset(void);
 extern Oid	CounterDefinitionRelid(void);
 extern void CounterEnter(CounterScope *scope);

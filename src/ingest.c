@@ -16,6 +16,7 @@
  */
 #include "counter.h"
 
+
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -26,6 +27,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "tcop/utility.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -384,6 +386,8 @@ counter_flush(PG_FUNCTION_ARGS)
 	TimestampTz deadline = GetCurrentTimestamp() + 60 * USECS_PER_SEC;
 
 	CounterRequireShmem("counter.flush()");
+	/* a standby folds nothing: its counts come from the primary's folds */
+	PreventCommandDuringRecovery("counter.flush()");
 	slot = CounterMySlot();
 	if (!CounterBufferingHere())
 		CounterRequireBufferingHere();	/* raises the error saying why */

@@ -12,6 +12,7 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "access/xact.h"
 #include "common/int.h"
 #include "utils/lsyscache.h"
@@ -209,9 +210,11 @@ counter_get_many(PG_FUNCTION_ARGS)
 	CounterDef	def;
 	CounterScope scope;
 	Oid			arrtype = get_fn_expr_argtype(fcinfo->flinfo, 1);
-	bool		textkeys = (arrtype == TEXTARRAYOID);
-	Oid			argtypes[2] = {INT4OID, arrtype};
+	bool		literal = (arrtype == TEXTOID);
+	bool		textkeys;
+	Oid			argtypes[2] = {INT4OID, InvalidOid};
 	Datum		values[2];
+	Datum		keys;
 	int			rc;
 	uint64		i;
 
@@ -220,6 +223,20 @@ counter_get_many(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("keys must not be null")));
+	keys = PG_GETARG_DATUM(1);
+	if (literal)
+	{
+		/*
+		 * An array literal (an untyped list from a driver): read as an array
+		 * of the counter's key type, keys returned as text.
+		 */
+		arrtype = def.key_type == COUNTER_KEY_TEXT ? TEXTARRAYOID : INT8ARRAYOID;
+		keys = OidFunctionCall3(F_ARRAY_IN, CStringGetDatum(TextDatumGetCString(keys)),
+								ObjectIdGetDatum(get_element_type(arrtype)),
+								Int32GetDatum(-1));
+	}
+	argtypes[1] = arrtype;
+	textkeys = (arrtype == TEXTARRAYOID);
 	if (textkeys != (def.key_type == COUNTER_KEY_TEXT))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -227,13 +244,13 @@ counter_get_many(PG_FUNCTION_ARGS)
 						def.key_type == COUNTER_KEY_TEXT ? "text" : "bigint"),
 				 errhint("Pass the keys as %s.",
 						 def.key_type == COUNTER_KEY_TEXT ? "text[]" : "bigint[]")));
-	if (ARR_NDIM(PG_GETARG_ARRAYTYPE_P(1)) > 1)
+	if (ARR_NDIM(DatumGetArrayTypeP(keys)) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("keys must be a one-dimensional array")));
 	InitMaterializedSRF(fcinfo, 0);
 	values[0] = Int32GetDatum(def.id);
-	values[1] = PG_GETARG_DATUM(1);
+	values[1] = keys;
 	CounterEnter(&scope);
 	if (textkeys)
 		rc = CounterExecGuarded(&def, NULL, true, CounterPlan(&plan_get_many_text,
@@ -272,6 +289,8 @@ counter_get_many(PG_FUNCTION_ARGS)
 			out[1] = Int64GetDatum(CounterAddPending(&def, DatumGetInt64(id),
 													 DatumGetInt64(out[1]),
 													 DT_NOBEGIN, DT_NOEND));
+		if (literal && !textkeys && !nulls[0])
+			out[0] = CStringGetTextDatum(psprintf(INT64_FORMAT, DatumGetInt64(out[0])));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
 	}
 	CounterLeave(&scope);

@@ -12,10 +12,18 @@
  */
 #include "counter.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 /* counter.definition and its owner, found once per backend (see CounterScopeReset). */
@@ -37,15 +45,60 @@ CounterDefinitionRelid(void)
 	return definition_relid;
 }
 
-/* Find counter.definition and its owner, or say the extension is missing. */
+/*
+ * The version of counter installed in this database (palloc'd), or NULL
+ * when it is not installed.  Needs a transaction.
+ */
+char *
+CounterInstalledVersion(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("counter"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Find counter.definition and its owner, or say the extension is missing,
+ * or installed at another version than this library's (the SQL objects of
+ * an older version do not match what the library expects: between a new
+ * build and ALTER EXTENSION counter UPDATE nothing runs half-way).
+ */
 void
 CounterLocateTables(void)
 {
 	Oid			nsp;
 	HeapTuple	tup;
+	char	   *version;
 
 	if (OidIsValid(definition_relid))
 		return;
+	version = CounterInstalledVersion();
+	if (version != NULL && strcmp(version, COUNTER_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"counter\" is installed at version %s, but its library is version %s",
+						version, COUNTER_VERSION),
+				 errhint("Run ALTER EXTENSION counter UPDATE.")));
 	nsp = get_namespace_oid(COUNTER_SCHEMA, true);
 	if (OidIsValid(nsp))
 		definition_relid = get_relname_relid("definition", nsp);

@@ -175,11 +175,32 @@ CounterReportFailure(const char *what, MemoryContext cxt)
 	FreeErrorData(edata);
 }
 
-/* Whether counter is installed in this database (inside a transaction). */
+/* Why this database was last found not ready to serve (CounterMarkIdle). */
+static char idle_why[COUNTER_WHY_LEN] = "The extension is not installed in this database.";
+
+/*
+ * Whether counter is installed in this database at this library's version
+ * (inside a transaction).  An older version waits for ALTER EXTENSION
+ * counter UPDATE, which wakes the launcher at its commit.
+ */
 bool
 CounterInstalledHere(void)
 {
-	return OidIsValid(get_extension_oid("counter", true));
+	char	   *version = CounterInstalledVersion();
+
+	if (version == NULL)
+	{
+		strlcpy(idle_why, "The extension is not installed in this database.", sizeof(idle_why));
+		return false;
+	}
+	if (strcmp(version, COUNTER_VERSION) != 0)
+	{
+		snprintf(idle_why, sizeof(idle_why),
+				 "counter %s is installed here and the library is %s: run ALTER EXTENSION counter UPDATE.",
+				 version, COUNTER_VERSION);
+		return false;
+	}
+	return true;
 }
 
 /*
@@ -292,8 +313,7 @@ CounterMarkIdle(CounterDbSlot *slot)
 		slot->state = slot->recheck ? COUNTER_DB_WANTED : COUNTER_DB_IDLE;
 		slot->recheck = false;
 		slot->state_at = GetCurrentTimestamp();
-		strlcpy(slot->why, "The extension is not installed in this database.",
-				sizeof(slot->why));
+		strlcpy(slot->why, idle_why, sizeof(slot->why));
 	}
 	SpinLockRelease(&counter_shared->mutex);
 	CounterWakeLauncher();

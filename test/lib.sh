@@ -23,6 +23,8 @@
 #   counter_pg_restart            restart it (settings read at start-up)
 #   counter_pg_stop               stop it, if running
 #   counter_redis_start / _stop   a private redis-server, as $REDIS_PORT
+#   counter_node_pg               node-postgres from npm, as $COUNTER_NODE_PATH
+#   counter_old_release           the last release in a copy of PostgreSQL, as $COUNTER_OLD_ROOT
 #   counter_cleanup               stop everything started
 #   counter_psql ARGS...          psql against the private cluster
 #   counter_now_ms                wall clock in milliseconds, for timings
@@ -37,7 +39,8 @@ COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Packages the build, the tests and the demo need (Debian 12 names).
 COUNTER_PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15
-	postgresql-contrib libhiredis-dev redis-server libipc-run-perl sqlsmith)
+	postgresql-contrib libhiredis-dev redis-server libipc-run-perl sqlsmith
+	python3-psycopg python3-psycopg2 python3-asyncpg pgbouncer)
 
 # Print a progress message.
 counter_say() {
@@ -71,6 +74,9 @@ counter_deps() {
 	if [[ ! -x $COUNTER_PG_BIN/pgbench && " ${missing[*]} " != *" postgresql-contrib "* ]]; then
 		missing+=(postgresql-contrib)
 	fi
+	# node and npm, for the node-pg tests and the demo, unless already there
+	command -v node >/dev/null || missing+=(nodejs)
+	command -v npm >/dev/null || missing+=(npm)
 	((${#missing[@]} == 0)) && return 0
 
 	((EUID == 0)) ||
@@ -263,6 +269,57 @@ counter_redis_pid() {
 	pid=$(<"$pidfile")
 	[[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server* ]] || return 1
 	echo "$pid"
+}
+
+# Install node-postgres (`pg`) from npm where the pg user can read it, once
+# per machine, and export its node_modules as COUNTER_NODE_PATH.
+COUNTER_NODE_PG_VERSION=8.23.1
+counter_node_pg() {
+	local dir=/var/tmp/counter-node-pg-$COUNTER_NODE_PG_VERSION
+
+	if [[ ! -f $dir/node_modules/pg/package.json ]]; then
+		counter_say "installing node-postgres $COUNTER_NODE_PG_VERSION from npm"
+		rm -rf "$dir.tmp"
+		mkdir -p "$dir.tmp"
+		(cd "$dir.tmp" && npm install --silent --no-audit --no-fund "pg@$COUNTER_NODE_PG_VERSION" >/dev/null) ||
+			counter_die "npm install pg failed"
+		rm -rf "$dir"
+		mv "$dir.tmp" "$dir"
+		chmod -R a+rX "$dir"
+	fi
+	export COUNTER_NODE_PATH=$dir/node_modules
+}
+
+# The last release, for the upgrade test: PostgreSQL 15 copied under
+# $COUNTER_WORK (it finds its libraries and share files relative to its
+# binaries, so the copy runs as is) with counter $COUNTER_OLD_RELEASE built
+# from the repository's history and installed into it.  Exports
+# COUNTER_OLD_ROOT, the copy's root (what / is to the system's PostgreSQL).
+COUNTER_OLD_RELEASE=0.1
+COUNTER_OLD_COMMIT=8c9c94f
+counter_old_release() {
+	local root=$COUNTER_WORK/pg-$COUNTER_OLD_RELEASE src=$COUNTER_WORK/src-$COUNTER_OLD_RELEASE
+	local share
+
+	if [[ ! -x $root/usr/lib/postgresql/15/bin/postgres ]]; then
+		git -C "$COUNTER_ROOT" cat-file -e "$COUNTER_OLD_COMMIT^{commit}" 2>/dev/null ||
+			counter_die "the upgrade test builds counter $COUNTER_OLD_RELEASE from commit $COUNTER_OLD_COMMIT: clone the whole history (no --depth)"
+		counter_say "building counter $COUNTER_OLD_RELEASE (commit $COUNTER_OLD_COMMIT) into a copy of PostgreSQL"
+		rm -rf "$root" "$src"
+		mkdir -p "$src" "$root/usr/lib/postgresql" "$root/usr/share/postgresql"
+		git -C "$COUNTER_ROOT" archive "$COUNTER_OLD_COMMIT" | tar -x -C "$src"
+		cp -a /usr/lib/postgresql/15 "$root/usr/lib/postgresql/"
+		cp -a /usr/share/postgresql/15 "$root/usr/share/postgresql/"
+		share=$root/usr/share/postgresql/15/extension
+		rm -f "$share"/counter.control "$share"/counter--*.sql "$root"/usr/lib/postgresql/15/lib/counter.so
+		(cd "$src" && make -s PG_CONFIG="$COUNTER_PG_CONFIG" &&
+			make -s install PG_CONFIG="$COUNTER_PG_CONFIG" DESTDIR="$root") >"$src.log" 2>&1 ||
+			{ tail -n 20 "$src.log" >&2; counter_die "building counter $COUNTER_OLD_RELEASE failed"; }
+		if ((EUID == 0)); then
+			chown -R "$(counter_pg_user):" "$root"
+		fi
+	fi
+	export COUNTER_OLD_ROOT=$root
 }
 
 # Start a private redis-server on a free loopback port, with no persistence,

@@ -11,7 +11,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(counter_node pgbench_start pgbench_finish query_int);
+our @EXPORT = qw(counter_node pgbench_start pgbench_finish query_int run_checks);
 
 # A started node with counter installed in database postgres.
 sub counter_node
@@ -47,6 +47,33 @@ sub pgbench_finish
 	my ($run) = @_;
 	my $ok = eval { $run->{h}->finish; 1 } && $run->{h}->result == 0;
 	return ($ok, ${ $run->{out} }, ${ $run->{err} });
+}
+
+# Run a program that prints one line per check ("ok - name" or
+# "not ok - name # why", as test/drivers/ do) and make each line a test; the
+# program must exit 0 and check something.  %env is added to its
+# environment.  Returns the number of checks it printed.
+sub run_checks
+{
+	my ($cmd, %env) = @_;
+	my ($out, $err) = ('', '');
+	local @ENV{ keys %env } = values %env;
+	my $ran = IPC::Run::run($cmd, '>', \$out, '2>', \$err);
+	my $n = 0;
+	for my $line (split /\n/, $out)
+	{
+		if ($line =~ /^(not )?ok - (.*?)(?: # (.*))?$/)
+		{
+			$n++;
+			ok(!defined $1, $2) or diag($3 // '');
+		}
+		else
+		{
+			note($line);
+		}
+	}
+	ok($ran && $n > 0, "@$cmd: exit 0 after $n checks") or diag($err);
+	return $n;
 }
 
 # One integer from a query.
