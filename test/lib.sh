@@ -160,7 +160,7 @@ counter_stage() {
 	rm -rf "$COUNTER_SRC"
 	mkdir -p "$COUNTER_SRC"
 	for item in Makefile counter.control counter--*.sql sql expected specs \
-		input output data test; do
+		input output data test README.md; do
 		[[ -e $COUNTER_ROOT/$item ]] && items+=("$COUNTER_ROOT/$item")
 	done
 	cp -R "${items[@]}" "$COUNTER_SRC/"
