@@ -521,3 +521,140 @@ AS 'MODULE_PATHNAME', 'counter_get_many' LANGUAGE C STABLE ROWS 10;
 COMMENT ON FUNCTION @extschema@.get_many(@extschema@.counter, text) IS
 	'totals of the keys in an array literal such as ''{1,2,3}'', read in the counter''s key type; keys come back as text';
 REVOKE EXECUTE ON FUNCTION @extschema@.get_many(@extschema@.counter, text) FROM PUBLIC;
+
+-- Into the application's own tables ---------------------------------------------
+-- counter.sync keeps a column of the application's table equal to a
+-- counter's totals: the maintenance process writes the keys that changed
+-- since their last sync, as the role that registered it.  Syncs are part of
+-- the counter: counter.drop removes them.
+CREATE TABLE @extschema@.sync (
+	id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	counter_id integer NOT NULL,
+	target regclass NOT NULL,
+	key_column name NOT NULL,
+	value_column name NOT NULL,
+	every interval NOT NULL,
+	owner regrole NOT NULL,
+	paused boolean NOT NULL DEFAULT false,
+	epoch bigint NOT NULL DEFAULT 0,	-- changed-key epoch of the last complete pass (0: none)
+	last_run timestamptz,
+	rows_written bigint NOT NULL DEFAULT 0,
+	rows_missing bigint NOT NULL DEFAULT 0,
+	last_error text,
+	last_error_at timestamptz,
+	created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	UNIQUE (counter_id, target, value_column)
+);
+COMMENT ON TABLE @extschema@.sync IS
+	'columns of application tables kept equal to a counter''s totals (counter.sync)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sync', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.sync_id_seq', '');
+REVOKE ALL ON @extschema@.sync FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.sync(
+	counter @extschema@.counter,
+	target regclass,
+	key_column name,
+	value_column name,
+	every interval DEFAULT '5 seconds')
+RETURNS void
+AS 'MODULE_PATHNAME', 'counter_sync' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.sync(@extschema@.counter, regclass, name, name, interval) IS
+	'keep target.value_column equal to the counter''s total of target.key_column, within every; written as the calling role; calling it again resumes a paused sync';
+
+CREATE FUNCTION @extschema@.unsync(
+	counter @extschema@.counter,
+	target regclass DEFAULT NULL,
+	value_column name DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'counter_unsync' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.unsync(@extschema@.counter, regclass, name) IS
+	'remove the counter''s syncs (to one table, or one column of it); returns how many';
+
+CREATE VIEW @extschema@.syncs AS
+	SELECT d.name AS counter, s.target, s.key_column, s.value_column, s.every,
+		s.owner,
+		CASE WHEN s.paused THEN 'paused' ELSE 'active' END AS state,
+		s.last_run,
+		pg_catalog.now() OPERATOR(pg_catalog.-) s.last_run AS lag,
+		s.rows_written, s.rows_missing, s.last_error, s.last_error_at
+	FROM @extschema@.sync AS s
+	JOIN @extschema@.definition AS d ON d.id OPERATOR(pg_catalog.=) s.counter_id;
+COMMENT ON VIEW @extschema@.syncs IS
+	'every sync: its state, when it last ran, what it wrote, rows it found missing, its last error';
+GRANT SELECT ON @extschema@.syncs TO PUBLIC;
+
+-- Reconcile: the source runs as the caller (this function is not SECURITY
+-- DEFINER, and its own names are schema-qualified); the counter's totals
+-- come from get_many and the keys it holds from key_list, both under their
+-- own grants; corrections go through correct(), which is incr_many without
+-- max_delta, at the current minute.
+CREATE FUNCTION @extschema@.key_list(counter @extschema@.counter)
+RETURNS TABLE (key text)
+AS 'MODULE_PATHNAME', 'counter_key_list' LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@.key_list(@extschema@.counter) IS
+	'every key the counter has rows for, as text (folded and durable rows; not keys only in the shared buffer)';
+REVOKE EXECUTE ON FUNCTION @extschema@.key_list(@extschema@.counter) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.correct(counter @extschema@.counter, keys text[], deltas bigint[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'counter_correct' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.correct(@extschema@.counter, text[], bigint[]) IS
+	'add deltas[i] to keys[i] at the current minute, bypassing max_delta (what reconcile applies)';
+REVOKE EXECUTE ON FUNCTION @extschema@.correct(@extschema@.counter, text[], bigint[]) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.reconcile_run(counter @extschema@.counter, query text, apply boolean)
+RETURNS TABLE (key text, counted bigint, expected bigint, diff bigint)
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+	c ALIAS FOR $1;
+	q ALIAS FOR $2;
+	do_apply ALIAS FOR $3;
+	fixes record;
+BEGIN
+	IF c IS NULL OR q IS NULL OR do_apply IS NULL THEN
+		RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'counter, source and apply must not be null';
+	END IF;
+	-- one pass: the source summed per key, every key either side holds, the
+	-- counter's exact totals of those keys; then only the keys that differ
+	CREATE TEMP TABLE IF NOT EXISTS pg_temp.counter_reconcile_result
+		(key text, counted bigint, source bigint, diff bigint) ON COMMIT DROP;
+	TRUNCATE pg_temp.counter_reconcile_result;
+	EXECUTE pg_catalog.format($q$
+		INSERT INTO pg_temp.counter_reconcile_result
+		WITH src AS (
+			SELECT s.k::text AS key, pg_catalog.sum(s.v)::bigint AS value
+			FROM (%s) AS s(k, v) GROUP BY 1),
+		keys AS (
+			SELECT src.key FROM src UNION SELECT l.k FROM @extschema@.key_list($1) AS l(k)),
+		cur AS (
+			SELECT g.key, g.value FROM @extschema@.get_many($1,
+				coalesce((SELECT pg_catalog.array_agg(keys.key)::text FROM keys), '{}')) AS g)
+		SELECT cur.key, cur.value, coalesce(src.value, 0),
+			coalesce(src.value, 0) OPERATOR(pg_catalog.-) cur.value
+		FROM cur LEFT JOIN src ON src.key OPERATOR(pg_catalog.=) cur.key
+		WHERE cur.value OPERATOR(pg_catalog.<>) coalesce(src.value, 0)
+		$q$, q) USING c;
+	IF do_apply THEN
+		SELECT pg_catalog.array_agg(r.key ORDER BY r.key) AS keys,
+			pg_catalog.array_agg(r.diff ORDER BY r.key) AS diffs
+		INTO fixes FROM pg_temp.counter_reconcile_result AS r;
+		IF fixes.keys IS NOT NULL THEN
+			PERFORM @extschema@.correct(c, fixes.keys, fixes.diffs);
+		END IF;
+	END IF;
+	RETURN QUERY SELECT r.key, r.counted, r.source, r.diff FROM pg_temp.counter_reconcile_result AS r ORDER BY r.key;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reconcile_run(@extschema@.counter, text, boolean) IS
+	'the body of reconcile (whose output column "source" a PL/pgSQL function could not also take as its argument)';
+REVOKE EXECUTE ON FUNCTION @extschema@.reconcile_run(@extschema@.counter, text, boolean) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.reconcile(counter @extschema@.counter, source text, apply boolean DEFAULT false)
+RETURNS TABLE (key text, counted bigint, source bigint, diff bigint)
+LANGUAGE sql VOLATILE
+AS 'SELECT * FROM @extschema@.reconcile_run($1, $2, $3)';
+COMMENT ON FUNCTION @extschema@.reconcile(@extschema@.counter, text, boolean) IS
+	'compare the counter with a query returning (key, value); with apply, add the differences at the current minute so that each key equals the source as of this statement';
+REVOKE EXECUTE ON FUNCTION @extschema@.reconcile(@extschema@.counter, text, boolean) FROM PUBLIC;

@@ -357,7 +357,7 @@ CounterGetById(int32 id, CounterDef *def)
 }
 
 /* Only the counter's owner (or a member of it, or a superuser) may change it. */
-static void
+void
 CounterCheckOwner(const CounterDef *def)
 {
 	if (!has_privs_of_role(GetUserId(), def->owner))
@@ -366,6 +366,21 @@ CounterCheckOwner(const CounterDef *def)
 				 errmsg("must be owner of counter \"%s\"", def->name),
 				 errhint("Ask its owner or a superuser, or be granted membership in role \"%s\".",
 						 GetUserNameFromId(def->owner, false))));
+}
+
+/*
+ * The counter in argument argno of a function that changes it: not null,
+ * existing, and the caller's to change.
+ */
+void
+CounterOwnedArg(FunctionCallInfo fcinfo, int argno, CounterDef *def)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter must not be null")));
+	CounterGetById(PG_GETARG_INT32(argno), def);
+	CounterCheckOwner(def);
 }
 
 /* Run one prepared-on-the-fly statement in the private scope. */
@@ -642,13 +657,8 @@ counter_alter(PG_FUNCTION_ARGS)
 	bool		clear_stream = false;
 	int			i;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("counter must not be null")));
 	PreventCommandIfReadOnly("counter.alter()");
-	CounterGetById(PG_GETARG_INT32(0), &def);
-	CounterCheckOwner(&def);
+	CounterOwnedArg(fcinfo, 0, &def);
 	values[0] = Int32GetDatum(def.id);
 	nulls[0] = ' ';
 	for (i = 1; i < COUNTER_ALTER_ARGS; i++)
@@ -737,16 +747,11 @@ counter_drop(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1];
 	static const char *const per_counter[] = {
-		"tally", "text_key", "event_seen", "actor_rate", "ranking", "ranking_state"
+		"tally", "text_key", "event_seen", "actor_rate", "ranking", "ranking_state", "sync"
 	};
 	int			i;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("counter must not be null")));
-	CounterGetById(PG_GETARG_INT32(0), &def);
-	CounterCheckOwner(&def);
+	CounterOwnedArg(fcinfo, 0, &def);
 	values[0] = Int32GetDatum(def.id);
 	CounterEnter(&scope);
 	CounterExec("DELETE FROM counter.definition WHERE id = $1",

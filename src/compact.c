@@ -153,6 +153,13 @@ CounterCompactDue(TimestampTz now, int *n, int **due, MemoryContext cxt)
 }
 
 /*
+ * Called between two transactions of a compaction pass, when set: the
+ * maintenance process runs the syncs that are due there, so a long pass
+ * does not hold them back.
+ */
+void		(*counter_compact_yield_hook) (void) = NULL;
+
+/*
  * Compact one counter as of now: the steps in `due` (and any step after one
  * that moved rows), in short transactions of at most `limit` rows, up to
  * max_rounds of them per step.  Returns the rows moved.
@@ -185,6 +192,8 @@ CounterCompactCounter(int32 id, int due, TimestampTz now, int limit, int max_rou
 			CounterLeave(&scope);
 			PopActiveSnapshot();
 			CommitTransactionCommand();
+			if (counter_compact_yield_hook)
+				counter_compact_yield_hook();
 			step_moved += moved;
 			if (moved < limit)
 				break;

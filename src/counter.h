@@ -364,6 +364,11 @@ extern void CounterBufForget(int32 counter_id);
 extern void CounterBufForgetDatabase(Oid dbid);
 
 /* changed.c */
+/* sync.c */
+#define COUNTER_SYNC_STEP_MS 1000	/* how often the maintenance process looks for due syncs */
+extern bool CounterSyncsActive(void);
+extern void CounterSyncStepRun(void);
+
 extern void CounterChangedInit(void);
 extern void CounterChangedNote(int32 counter_id, int64 key);
 extern void CounterChangedPublish(void);
@@ -378,6 +383,7 @@ extern int16 CounterSlot(const CounterDef *def);
 extern void CounterApply(const CounterDef *def, int64 key, int64 delta,
 						 TimestampTz bucket);
 extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
+extern int64 CounterKeyText(const CounterDef *def, text *key, bool create);
 extern int64 CounterKeyArg(FunctionCallInfo fcinfo, int argno,
 						   const CounterDef *def, bool create, bool *known);
 extern bool CounterKeyIsBig(const CounterDef *def, int64 key);
@@ -409,6 +415,7 @@ extern int64 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 								const int64 *changed, int nchanged, bool wait);
 
 /* compact.c */
+extern void (*counter_compact_yield_hook) (void);
 extern int64 CounterCompactAll(TimestampTz now, int limit, int max_rounds,
 							   void (*on_error) (const char *what, MemoryContext cxt));
 
@@ -451,6 +458,8 @@ extern void CounterCatalogInit(void);
 extern bool CounterLookupById(int32 id, CounterDef *def);
 extern bool CounterLookupByName(const char *name, CounterDef *def);
 extern void CounterGetById(int32 id, CounterDef *def);
+extern void CounterCheckOwner(const CounterDef *def);
+extern void CounterOwnedArg(FunctionCallInfo fcinfo, int argno, CounterDef *def);
 extern const char *CounterModeName(CounterMode mode);
 extern void CounterCheckName(const char *name);
 extern int64 CounterIntervalUs(const Interval *iv);

@@ -1,8 +1,9 @@
 /*
  * maintenance.c
  *		The maintenance process of a database: compaction and rollups,
- *		retention, the purge of expired event ids and rate windows, and the
- *		ranking refresh top() reads, each a step with its own interval.
+ *		retention, the purge of expired event ids and rate windows, the
+ *		ranking refresh top() reads, and the syncs into application tables,
+ *		each a step with its own interval.
  *
  * One per served database, started by the launcher once the database's
  * ingest process found the extension.  It runs apart from ingest, so no
@@ -29,6 +30,41 @@ PGDLLEXPORT void CounterMaintenanceMain(Datum arg);
 
 static CounterDbSlot *my_slot = NULL;
 static int64 step_items = 0;
+static TimestampTz last_sync = 0;
+static const char *step_state = "idle";	/* what a step in progress shows */
+
+/*
+ * Run the syncs if their step is due: from the main loop, and between the
+ * transactions of a long compaction or ranking pass, so that syncs keep
+ * their interval whatever else runs.  Outside any transaction.
+ */
+static void
+CounterSyncIfDue(void)
+{
+	static bool running = false;
+	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (running || now - last_sync < (int64) COUNTER_SYNC_STEP_MS * 1000)
+		return;
+	running = true;
+	last_sync = now;
+	PG_TRY();
+	{
+		CounterSyncStepRun();
+	}
+	PG_CATCH();
+	{
+		running = false;
+		if (counter_shutdown_requested)
+			PG_RE_THROW();
+		CounterReportFailure("sync", cxt);
+	}
+	PG_END_TRY();
+	running = false;
+	MemoryContextSwitchTo(cxt);
+	CounterProcState(step_state);
+}
 
 /* Compaction, rollups, retention and purge, in batches of 10,000 rows. */
 static void
@@ -36,7 +72,8 @@ CounterCompactStepRun(void)
 {
 	int64		moved;
 
-	CounterProcState("compacting");
+	step_state = "compacting";
+	CounterProcState(step_state);
 	moved = CounterCompactAll(GetCurrentTimestamp(), 10000, 20, CounterReportFailure);
 	SpinLockAcquire(&counter_shared->mutex);
 	my_slot->compacted_rows += moved;
@@ -86,7 +123,8 @@ CounterRankStepRun(void)
 	int			i,
 				c;
 
-	CounterProcState("ranking");
+	step_state = "ranking";
+	CounterProcState(step_state);
 	nchanged = CounterChangedTake(COUNTER_CONSUMER_RANK, 0, &changed);
 	t = GetCurrentTimestamp();
 
@@ -172,6 +210,7 @@ CounterRankStepRun(void)
 		else
 			step_items += changed_rows;
 		pfree(keys);
+		CounterSyncIfDue();
 	}
 	/* what was not reached before a shutdown is taken again after it */
 	if (c < nchanged)
@@ -210,6 +249,7 @@ CounterMaintenanceMain(Datum arg)
 	my_slot = CounterSlotFor(dbid);
 	if (my_slot == NULL || !CounterProcAttach(my_slot, COUNTER_ROLE_MAINTENANCE))
 		proc_exit(0);
+	counter_compact_yield_hook = CounterSyncIfDue;
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "counter maintenance round",
 									 ALLOCSET_DEFAULT_SIZES);
 	while (!counter_shutdown_requested)
@@ -226,8 +266,9 @@ CounterMaintenanceMain(Datum arg)
 			CounterMarkIdle(my_slot);
 			break;
 		}
-		/* follow the changed keys while the ranking is refreshed at all */
-		CounterChangedFollow(counter_rank_interval > 0 ? COUNTER_CONSUMER_RANK : 0);
+		/* follow the changed keys for the ranking and the syncs there are */
+		CounterChangedFollow((counter_rank_interval > 0 ? COUNTER_CONSUMER_RANK : 0) |
+							 (CounterSyncsActive() ? COUNTER_CONSUMER_SYNC : 0));
 		now = GetCurrentTimestamp();
 		step_items = 0;
 		if (counter_compact_interval > 0 &&
@@ -242,6 +283,9 @@ CounterMaintenanceMain(Datum arg)
 			CounterGuardedStep("ranking", CounterRankStepRun);
 			last_rank = now;
 		}
+		step_state = "syncing";
+		CounterGuardedStep("sync", CounterSyncIfDue);
+		step_state = "idle";
 		CounterProcRound(now, step_items);
 		CounterProcState("idle");
 		pgstat_report_activity(STATE_IDLE, NULL);
@@ -250,6 +294,7 @@ CounterMaintenanceMain(Datum arg)
 		now = GetCurrentTimestamp();
 		wait_ms = Min(CounterStepWait(now, last_compact, counter_compact_interval),
 					  CounterStepWait(now, last_rank, counter_rank_interval));
+		wait_ms = Min(wait_ms, CounterStepWait(now, last_sync, COUNTER_SYNC_STEP_MS));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(wait_ms, 10L), PG_WAIT_EXTENSION);
 	}

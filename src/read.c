@@ -21,6 +21,7 @@
 PG_FUNCTION_INFO_V1(counter_get);
 PG_FUNCTION_INFO_V1(counter_get_many);
 PG_FUNCTION_INFO_V1(counter_window);
+PG_FUNCTION_INFO_V1(counter_key_list);
 
 static SPIPlanPtr plan_get = NULL;
 static SPIPlanPtr plan_window = NULL;
@@ -295,4 +296,46 @@ counter_get_many(PG_FUNCTION_ARGS)
 	}
 	CounterLeave(&scope);
 	return (Datum) 0;
+}
+
+/*
+ * counter.key_list(counter): every key the counter has rows for, as text
+ * (for reconcile, which needs the keys the source does not name).  Keys
+ * only in the shared buffer, never folded, are not listed.
+ */
+Datum
+counter_key_list(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CounterDef	def;
+	CounterScope scope;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	uint64		i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("counter must not be null")));
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	/* one column: a scalar result, described by the caller */
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	values[0] = Int32GetDatum(def.id);
+	CounterEnter(&scope);
+	if (SPI_execute_with_args(def.key_type == COUNTER_KEY_TEXT ?
+							  "SELECT name FROM counter.text_key WHERE counter_id = $1 ORDER BY name" :
+							  "SELECT key::text FROM (SELECT DISTINCT key FROM counter.tally WHERE counter_id = $1) k",
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "listing the keys of counter \"%s\" failed", def.name);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		bool		nulls[1] = {false};
+
+		/* the tuplestore copies the value */
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, nulls);
+	}
+	CounterLeave(&scope);
+	PG_RETURN_NULL();
 }

@@ -260,7 +260,6 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 			  bool create, bool *known)
 {
 	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, argno);
-	text	   *key;
 	int64		id;
 
 	if (PG_ARGISNULL(argno))
@@ -277,11 +276,24 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 					 errhint("Pass the key as text, e.g. '42'::text.")));
 		return PG_GETARG_INT64(argno);
 	}
-	key = PG_GETARG_TEXT_PP(argno);
+	id = CounterKeyText(def, PG_GETARG_TEXT_PP(argno), create);
+	*known = id >= 0;
+	return id;
+}
+
+/*
+ * A key given as text, for def: a bigint counter's must spell a bigint;
+ * a text counter's goes through the key table (with create a new key gets
+ * an id; without it an unknown key is -1).
+ */
+int64
+CounterKeyText(const CounterDef *def, text *key, bool create)
+{
 	if (def->key_type == COUNTER_KEY_BIGINT)
 	{
 		char	   *s = text_to_cstring(key);
 		char	   *end;
+		int64		id;
 
 		errno = 0;
 		id = strtoi64(s, &end, 10);
@@ -295,9 +307,7 @@ CounterKeyArg(FunctionCallInfo fcinfo, int argno, const CounterDef *def,
 					 errhint("Create a counter with key_type => 'text' for text keys.")));
 		return id;
 	}
-	id = CounterTextKeyId(def, key, create);
-	*known = id >= 0;
-	return id;
+	return CounterTextKeyId(def, key, create);
 }
 
 /* Whether key has a marker row, i.e. some row of it once reached 2^40. */

@@ -17,6 +17,7 @@
 PG_FUNCTION_INFO_V1(counter_incr);
 PG_FUNCTION_INFO_V1(counter_incr_many);
 PG_FUNCTION_INFO_V1(counter_key_id);
+PG_FUNCTION_INFO_V1(counter_correct);
 
 
 /*
@@ -181,6 +182,38 @@ CounterUnpackInt8Array(ArrayType *arr, const char *what, Datum **elems)
 	return n;
 }
 
+/* keys and deltas of a batch must pair up */
+static void
+CounterSameLength(int nkeys, int ndeltas)
+{
+	if (ndeltas != nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keys and deltas must have the same length"),
+				 errdetail("keys has %d elements, deltas has %d.", nkeys, ndeltas)));
+}
+
+/* Apply a batch of (key, delta) at one bucket through the durable path, and count it. */
+static void
+CounterApplyMany(const CounterDef *def, int nkeys, Datum *keys, Datum *deltas,
+				 TimestampTz bucket)
+{
+	CounterScope scope;
+	Datum	   *ids = palloc(sizeof(Datum) * nkeys);
+	Datum	   *buckets = palloc(sizeof(Datum) * nkeys);
+	int			i;
+
+	for (i = 0; i < nkeys; i++)
+	{
+		ids[i] = Int32GetDatum(def->id);
+		buckets[i] = TimestampTzGetDatum(bucket);
+	}
+	CounterEnter(&scope);
+	CounterApplyBatch(def, nkeys, ids, keys, buckets, deltas, CounterSlot(def));
+	CounterLeave(&scope);
+	CounterCountStat(def->id, CounterPathStat(def), nkeys);
+}
+
 /*
  * counter.incr_many(counter, keys, deltas, at): add deltas[i] to keys[i] for
  * every i in one statement (deltas null means 1 each).  Returns the number
@@ -191,11 +224,8 @@ Datum
 counter_incr_many(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
-	CounterScope scope;
 	Datum	   *keys;
 	Datum	   *deltas;
-	Datum	   *ids;
-	Datum	   *buckets;
 	int			nkeys;
 	int			ndeltas;
 	int			i;
@@ -220,28 +250,13 @@ counter_incr_many(PG_FUNCTION_ARGS)
 	}
 	else
 		ndeltas = CounterUnpackInt8Array(PG_GETARG_ARRAYTYPE_P(2), "deltas", &deltas);
-	if (ndeltas != nkeys)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("keys and deltas must have the same length"),
-				 errdetail("keys has %d elements, deltas has %d.", nkeys, ndeltas)));
+	CounterSameLength(nkeys, ndeltas);
 	if (nkeys == 0)
 		PG_RETURN_INT64(0);
 	bucket = CounterMinute(CounterTimeArg(fcinfo, 3));
 	for (i = 0; i < nkeys; i++)
 		CounterCheckDelta(&def, DatumGetInt64(deltas[i]));
-	ids = palloc(sizeof(Datum) * nkeys);
-	buckets = palloc(sizeof(Datum) * nkeys);
-	for (i = 0; i < nkeys; i++)
-	{
-		ids[i] = Int32GetDatum(def.id);
-		buckets[i] = TimestampTzGetDatum(bucket);
-	}
-
-	CounterEnter(&scope);
-	CounterApplyBatch(&def, nkeys, ids, keys, buckets, deltas, CounterSlot(&def));
-	CounterLeave(&scope);
-	CounterCountStat(def.id, CounterPathStat(&def), nkeys);
+	CounterApplyMany(&def, nkeys, keys, deltas, bucket);
 	PG_RETURN_INT64(nkeys);
 }
 
@@ -261,4 +276,54 @@ counter_key_id(PG_FUNCTION_ARGS)
 	if (id < 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(id);
+}
+
+/*
+ * counter.correct(counter, keys text[], deltas bigint[]): what reconcile
+ * applies.  Like incr_many at the current minute, for bigint and text
+ * keys, and without max_delta: a correction may be as large as the drift
+ * it repairs.  Event ids and actors do not apply to it.
+ */
+Datum
+counter_correct(PG_FUNCTION_ARGS)
+{
+	CounterDef	def;
+	Datum	   *texts;
+	bool	   *tnulls;
+	Datum	   *deltas;
+	Datum	   *keys;
+	ArrayType  *arr;
+	int			nkeys;
+	int			ndeltas;
+	int			i;
+	TimestampTz bucket;
+
+	PreventCommandIfReadOnly("counter.correct()");
+	CounterNotNull(fcinfo, 0, "counter");
+	CounterNotNull(fcinfo, 1, "keys");
+	CounterNotNull(fcinfo, 2, "deltas");
+	CounterGetById(PG_GETARG_INT32(0), &def);
+	arr = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("keys must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &texts, &tnulls, &nkeys);
+	ndeltas = CounterUnpackInt8Array(PG_GETARG_ARRAYTYPE_P(2), "deltas", &deltas);
+	CounterSameLength(nkeys, ndeltas);
+	if (nkeys == 0)
+		PG_RETURN_INT64(0);
+	keys = palloc(sizeof(Datum) * nkeys);
+	bucket = CounterMinute(GetCurrentTransactionStartTimestamp());
+	for (i = 0; i < nkeys; i++)
+	{
+		if (tnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("keys must not contain nulls")));
+		/* the key as incr(counter, text) reads it */
+		keys[i] = Int64GetDatum(CounterKeyText(&def, DatumGetTextPP(texts[i]), true));
+	}
+	CounterApplyMany(&def, nkeys, keys, deltas, bucket);
+	PG_RETURN_INT64(nkeys);
 }

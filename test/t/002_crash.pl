@@ -58,7 +58,7 @@ sub crash_under_load
 		cmp_ok($acked{$mode}, '>', 200, "$label, $mode: load was running when it struck");
 		$acked{$mode} += $before{$mode};
 	}
-	$node->poll_query_until('postgres', 'SELECT true') or die 'node did not recover';
+	wait_ready($node) or die 'node did not recover';
 	for my $mode (qw(direct sharded))
 	{
 		my $total = query_int($node, "SELECT counter.get('crash_$mode', 1)");

@@ -92,7 +92,7 @@ $node->safe_psql('postgres', q{
 });
 $pid = $worker_pid->();
 kill 'KILL', $pid;
-$node->poll_query_until('postgres', 'SELECT true') or die 'no recovery';
+wait_ready($node) or die 'no recovery';
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'counter ingest'"),
 	'ingest process back after kill -9');

@@ -58,7 +58,7 @@ sub crash_round
 	$crash->();
 	my $elapsed = time - $t0;
 	pgbench_finish($run);
-	$node->poll_query_until('postgres', 'SELECT true') or die 'no recovery';
+	wait_ready($node) or die 'no recovery';
 	my $ledger = query_int($node, 'SELECT count(*) FROM ledger') - $before_l;
 	my $counted = query_int($node, "SELECT counter.get('hot', 1)") - $before_c;
 	my $rate = $ledger / $elapsed;

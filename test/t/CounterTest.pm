@@ -10,8 +10,9 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes ();
 
-our @EXPORT = qw(counter_node pgbench_start pgbench_finish query_int run_checks);
+our @EXPORT = qw(counter_node pgbench_start pgbench_finish query_int run_checks wait_ready);
 
 # A started node with counter installed in database postgres.
 sub counter_node
@@ -74,6 +75,24 @@ sub run_checks
 	}
 	ok($ran && $n > 0, "@$cmd: exit 0 after $n checks") or diag($err);
 	return $n;
+}
+
+# Wait until $node answers again after a crash restart (up to 3 minutes).
+# poll_query_until can die while the postmaster resets: its psql may exit
+# before reading the query, and the write to it fails; this retries that.
+sub wait_ready
+{
+	my ($node) = @_;
+	for (1 .. 1800)
+	{
+		my $ok = eval {
+			my ($rc, $out) = $node->psql('postgres', 'SELECT 1');
+			$rc == 0 && $out eq '1';
+		};
+		return 1 if $ok;
+		Time::HiRes::usleep(100_000);
+	}
+	return 0;
 }
 
 # One integer from a query.
