@@ -14,6 +14,7 @@
 #
 #   counter_deps                  install missing packages (apt-get, as root)
 #   counter_build                 make && make install the extension
+#   counter_pg_copy ROOT          a copy of PostgreSQL 15 under ROOT
 #   counter_pg_user               the OS user that runs the servers
 #   counter_as_pg CMD...          run CMD as that user, PG* etc. passed along
 #   counter_workdir               create $COUNTER_WORK once
@@ -29,11 +30,16 @@
 #   counter_psql ARGS...          psql against the private cluster
 #   counter_now_ms                wall clock in milliseconds, for timings
 
-# Paths for this library and its callers.
+# Paths for this library and its callers.  COUNTER_PG_ROOT, if set, names a
+# private copy of PostgreSQL 15 (made on first use) that the extension is
+# installed into and the servers run from, so that two checkouts can be
+# tested side by side; the build always uses the system's headers and PGXS.
 # shellcheck disable=SC2034
-COUNTER_PG_BIN=/usr/lib/postgresql/15/bin
-COUNTER_PG_CONFIG=$COUNTER_PG_BIN/pg_config
-COUNTER_PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+COUNTER_PG_ROOT=${COUNTER_PG_ROOT:-}
+COUNTER_PG_BIN=$COUNTER_PG_ROOT/usr/lib/postgresql/15/bin
+COUNTER_PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+COUNTER_PGXS_DIR=$COUNTER_PG_ROOT/usr/lib/postgresql/15/lib/pgxs
+export COUNTER_PG_ROOT COUNTER_PG_BIN
 # The repository root: this file lives in <root>/test.
 COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -71,7 +77,7 @@ counter_deps() {
 			missing+=("$pkg")
 	done
 	# pgbench's package has moved between releases; what matters is the file.
-	if [[ ! -x $COUNTER_PG_BIN/pgbench && " ${missing[*]} " != *" postgresql-contrib "* ]]; then
+	if [[ ! -x /usr/lib/postgresql/15/bin/pgbench && " ${missing[*]} " != *" postgresql-contrib "* ]]; then
 		missing+=(postgresql-contrib)
 	fi
 	# node and npm, for the node-pg tests and the demo, unless already there
@@ -85,24 +91,43 @@ counter_deps() {
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-	[[ -x $COUNTER_PG_BIN/pgbench ]] || counter_die "pgbench still missing at $COUNTER_PG_BIN/pgbench"
+	[[ -x /usr/lib/postgresql/15/bin/pgbench ]] || counter_die "pgbench still missing at /usr/lib/postgresql/15/bin/pgbench"
 }
 
-# Build the extension in the repository and install it into PostgreSQL 15.
-# Compiler warnings stay visible; any error stops the caller.
+# Build the extension in the repository and install it into PostgreSQL 15
+# (or into the copy at COUNTER_PG_ROOT).  Compiler warnings stay visible;
+# any error stops the caller.
 counter_build() {
-	local sudo=()
+	local sudo=() dest=()
 
-	counter_say "building and installing the extension"
+	counter_say "building and installing the extension${COUNTER_PG_ROOT:+ into $COUNTER_PG_ROOT}"
+	if [[ -n $COUNTER_PG_ROOT ]]; then
+		[[ -x $COUNTER_PG_BIN/postgres ]] || counter_pg_copy "$COUNTER_PG_ROOT"
+		dest=(DESTDIR="$COUNTER_PG_ROOT")
 	# A developer without root installs through sudo; CI runs as root.
-	if ((EUID != 0)) && [[ ! -w $("$COUNTER_PG_CONFIG" --pkglibdir) ]]; then
+	elif ((EUID != 0)) && [[ ! -w $("$COUNTER_PG_CONFIG" --pkglibdir) ]]; then
 		sudo=(sudo)
 	fi
 	(
 		cd "$COUNTER_ROOT"
 		make -s PG_CONFIG="$COUNTER_PG_CONFIG"
-		"${sudo[@]}" make -s install PG_CONFIG="$COUNTER_PG_CONFIG"
+		"${sudo[@]}" make -s install PG_CONFIG="$COUNTER_PG_CONFIG" "${dest[@]}"
 	) || counter_die "build failed"
+}
+
+# Copy the system's PostgreSQL 15 under $1, without counter: it finds its
+# libraries and share files relative to its binaries, so the copy runs as is.
+counter_pg_copy() {
+	local root=$1 share=$1/usr/share/postgresql/15/extension
+
+	rm -rf "$root"
+	mkdir -p "$root/usr/lib/postgresql" "$root/usr/share/postgresql"
+	cp -a /usr/lib/postgresql/15 "$root/usr/lib/postgresql/"
+	cp -a /usr/share/postgresql/15 "$root/usr/share/postgresql/"
+	rm -f "$share"/counter.control "$share"/counter--*.sql "$root"/usr/lib/postgresql/15/lib/counter.so
+	if ((EUID == 0)); then
+		chown -R "$(counter_pg_user):" "$root"
+	fi
 }
 
 # The unprivileged OS user that runs the servers and the test tools.
@@ -299,19 +324,15 @@ COUNTER_OLD_RELEASE=0.1
 COUNTER_OLD_COMMIT=8c9c94f
 counter_old_release() {
 	local root=$COUNTER_WORK/pg-$COUNTER_OLD_RELEASE src=$COUNTER_WORK/src-$COUNTER_OLD_RELEASE
-	local share
 
 	if [[ ! -x $root/usr/lib/postgresql/15/bin/postgres ]]; then
 		git -C "$COUNTER_ROOT" cat-file -e "$COUNTER_OLD_COMMIT^{commit}" 2>/dev/null ||
 			counter_die "the upgrade test builds counter $COUNTER_OLD_RELEASE from commit $COUNTER_OLD_COMMIT: clone the whole history (no --depth)"
 		counter_say "building counter $COUNTER_OLD_RELEASE (commit $COUNTER_OLD_COMMIT) into a copy of PostgreSQL"
-		rm -rf "$root" "$src"
-		mkdir -p "$src" "$root/usr/lib/postgresql" "$root/usr/share/postgresql"
+		rm -rf "$src"
+		mkdir -p "$src"
 		git -C "$COUNTER_ROOT" archive "$COUNTER_OLD_COMMIT" | tar -x -C "$src"
-		cp -a /usr/lib/postgresql/15 "$root/usr/lib/postgresql/"
-		cp -a /usr/share/postgresql/15 "$root/usr/share/postgresql/"
-		share=$root/usr/share/postgresql/15/extension
-		rm -f "$share"/counter.control "$share"/counter--*.sql "$root"/usr/lib/postgresql/15/lib/counter.so
+		counter_pg_copy "$root"
 		(cd "$src" && make -s PG_CONFIG="$COUNTER_PG_CONFIG" &&
 			make -s install PG_CONFIG="$COUNTER_PG_CONFIG" DESTDIR="$root") >"$src.log" 2>&1 ||
 			{ tail -n 20 "$src.log" >&2; counter_die "building counter $COUNTER_OLD_RELEASE failed"; }

@@ -97,7 +97,9 @@ $node->stop('fast');
 my $pkglib = `$ENV{COUNTER_PG_BIN}/pg_config --pkglibdir` || '/usr/lib/postgresql/15/lib';
 chomp $pkglib;
 copy("$pkglib/counter.so", "$pgdir/lib/counter.so") or die "copy counter.so: $!";
-my $share = '/usr/share/postgresql/15/extension';
+my $share = `$ENV{COUNTER_PG_BIN}/pg_config --sharedir` || '/usr/share/postgresql/15';
+chomp $share;
+$share .= '/extension';
 for my $f (glob("$share/counter.control $share/counter--*.sql"))
 {
 	my ($base) = $f =~ m{([^/]+)$};
