@@ -157,6 +157,17 @@ END $$;
 
 DROP VIEW @extschema@.stats;
 DROP FUNCTION @extschema@.worker_status();
+DROP FUNCTION @extschema@.stats_raw();
+
+CREATE FUNCTION @extschema@.stats_raw(
+	OUT counter_id integer, OUT direct bigint, OUT sharded bigint,
+	OUT buffered bigint, OUT fallback bigint, OUT folded bigint,
+	OUT cache_hits bigint, OUT redis bigint, OUT deduplicated bigint,
+	OUT rate_limited bigint, OUT kafka bigint, OUT pending bigint,
+	OUT pending_keys bigint, OUT last_fold timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_stats_raw' LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@.stats_raw() FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.worker_status(
 	OUT pid integer, OUT database name, OUT role text, OUT state text,
@@ -176,12 +187,13 @@ COMMENT ON FUNCTION @extschema@.buffer_usage() IS
 
 CREATE VIEW @extschema@.stats AS
 	SELECT d.name, d.mode,
-		coalesce(s.direct + s.sharded + s.buffered + s.fallback + s.redis, 0) AS increments,
+		coalesce(s.direct + s.sharded + s.buffered + s.fallback + s.redis + s.kafka, 0) AS increments,
 		coalesce(s.direct, 0) AS direct,
 		coalesce(s.sharded, 0) AS sharded,
 		coalesce(s.buffered, 0) AS buffered,
 		coalesce(s.fallback, 0) AS fallback,
 		coalesce(s.redis, 0) AS redis,
+		coalesce(s.kafka, 0) AS kafka,
 		coalesce(s.deduplicated, 0) AS deduplicated,
 		coalesce(s.rate_limited, 0) AS rate_limited,
 		coalesce(s.folded, 0) AS folded,
@@ -388,7 +400,8 @@ SELECT @extschema@.refresh_ranking("full" => true) >= 0 AS rebuilt;
 -- to counter.quarantine with every other source's.
 
 ALTER TABLE @extschema@.definition
-	ADD COLUMN redis_stream text CHECK (redis_stream <> '');
+	ADD COLUMN redis_stream text CHECK (redis_stream <> ''),
+	ADD COLUMN kafka_topic text CHECK (kafka_topic <> '');
 
 -- 0.1 drained '<name>:' for every counter once counter.redis_url was set:
 -- where it is set, those prefixes (and the one stream) become explicit, so
@@ -413,7 +426,7 @@ CREATE OR REPLACE VIEW @extschema@.counters AS
 		d.dedup_window, d.max_per_actor, d.rate_window, d.max_delta,
 		d.minute_retention, d.hour_retention, d.day_retention,
 		d.half_life, d.trend_spans, d.trend_weights,
-		d.owner, d.created_at, d.redis_stream
+		d.owner, d.created_at, d.redis_stream, d.kafka_topic
 	FROM @extschema@.definition AS d;
 
 DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]);
@@ -432,12 +445,13 @@ CREATE FUNCTION @extschema@.alter(
 	half_life interval DEFAULT NULL,
 	trend_spans interval[] DEFAULT NULL,
 	trend_weights float8[] DEFAULT NULL,
-	redis_stream text DEFAULT NULL)
+	redis_stream text DEFAULT NULL,
+	kafka_topic text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text) IS
-	'change a counter''s settings online; arguments left null keep their value; an empty redis_prefix or redis_stream stops that drain';
-REVOKE EXECUTE ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text) IS
+	'change a counter''s settings online; arguments left null keep their value; an empty redis_prefix, redis_stream or kafka_topic stops that drain';
+REVOKE EXECUTE ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text) FROM PUBLIC;
 
 INSERT INTO @extschema@.quarantine (source, origin, item, value, reason, at)
 	SELECT CASE WHEN q.redis_key LIKE '%/%-%' THEN 'redis stream' ELSE 'redis' END,
@@ -658,3 +672,34 @@ AS 'SELECT * FROM @extschema@.reconcile_run($1, $2, $3)';
 COMMENT ON FUNCTION @extschema@.reconcile(@extschema@.counter, text, boolean) IS
 	'compare the counter with a query returning (key, value); with apply, add the differences at the current minute so that each key equals the source as of this statement';
 REVOKE EXECUTE ON FUNCTION @extschema@.reconcile(@extschema@.counter, text, boolean) FROM PUBLIC;
+
+-- Kafka ingestion --------------------------------------------------------------
+-- Counters with a kafka_topic read it through each database's consumer
+-- (src/kafka.c).  The offset each partition is read up to is kept here, in
+-- the transaction that applies the messages before it: a restart or a
+-- rebalance resumes from these rows, never from the group's offsets in
+-- Kafka, so every message counts once.
+
+CREATE TABLE @extschema@.kafka_offset (
+	grp text NOT NULL,
+	topic text NOT NULL,
+	partition integer NOT NULL,
+	next_offset bigint NOT NULL,		-- the first offset not applied yet
+	high_watermark bigint,				-- the partition's end, as last seen
+	updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (grp, topic, partition)
+);
+COMMENT ON TABLE @extschema@.kafka_offset IS
+	'per consumer group and partition, the first Kafka offset not yet applied, stored with each batch';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.kafka_offset', '');
+REVOKE ALL ON @extschema@.kafka_offset FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.kafka_status(
+	OUT topic text, OUT partition integer, OUT next_offset bigint,
+	OUT high_watermark bigint, OUT lag bigint, OUT updated_at timestamptz,
+	OUT consumer text, OUT last_error text, OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'counter_kafka_status' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.kafka_status() IS
+	'this database''s Kafka consumer: per partition the next offset to apply, the end last seen and the lag; its state and last error';
+REVOKE EXECUTE ON FUNCTION @extschema@.kafka_status() FROM PUBLIC;

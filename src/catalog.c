@@ -60,6 +60,9 @@ static HTAB *by_name = NULL;
 static SPIPlanPtr plan_by_id = NULL;
 static SPIPlanPtr plan_by_name = NULL;
 
+/* Advances whenever cached definitions are forgotten (CounterDefGeneration). */
+static uint64 def_generation = 0;
+
 /* Forget every cached definition when counter.definition may have changed. */
 static void
 CounterRelcacheCallback(Datum arg, Oid relid)
@@ -75,7 +78,19 @@ CounterRelcacheCallback(Datum arg, Oid relid)
 		hash_destroy(by_name);
 	by_id = NULL;
 	by_name = NULL;
+	def_generation++;
 	CounterScopeReset();
+}
+
+/*
+ * A number that changes whenever counter.definition may have changed, as
+ * seen by this backend (after the invalidations a transaction start reads),
+ * so that copies of definitions kept elsewhere know to reload.
+ */
+uint64
+CounterDefGeneration(void)
+{
+	return def_generation;
 }
 
 /* Register the invalidation callback once per backend. */
@@ -579,25 +594,41 @@ CounterCheckLimit(int64 v, const char *what)
 }
 
 /*
- * Check a Redis prefix or stream name for def: 1 to 200 bytes, not in the
- * worker's own namespace, and clear of every other owner's: a prefix may
- * neither start with nor be the start of another owner's prefix, and a
- * stream may not be another owner's, so that nobody's keys or entries can
- * be drawn into someone else's counter.  Inside the private scope.
+ * Check a Redis prefix or stream name or a Kafka topic for def: of a
+ * legal length and spelling, not in the worker's own Redis namespace, and
+ * clear of every other owner's: a prefix may neither start with nor be the
+ * start of another owner's prefix, and a stream or topic may not be
+ * another owner's, so that nobody's keys, entries or messages can be drawn
+ * into someone else's counter.  Inside the private scope.
  */
 static void
-CounterCheckRedisName(const CounterDef *def, const char *column, const char *value)
+CounterCheckSourceName(const CounterDef *def, const char *column, const char *value)
 {
 	Oid			argtypes[3] = {INT4OID, TEXTOID, OIDOID};
 	Datum		values[3];
+	bool		kafka = strcmp(column, "kafka_topic") == 0;
+	bool		prefix = strcmp(column, "redis_prefix") == 0;
+	const char *what;
 	int			rc;
 
-	if (strlen(value) > 200)
+	if (kafka)
+	{
+		/* Kafka's own rule for topic names */
+		if (strlen(value) > 249 || strspn(value, "abcdefghijklmnopqrstuvwxyz"
+										  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != strlen(value) ||
+			strcmp(value, ".") == 0 || strcmp(value, "..") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("kafka_topic \"%s\" is not a valid Kafka topic name", value),
+					 errdetail("A topic name has 1 to 249 of the characters a-z, A-Z, 0-9, \".\", \"_\" and \"-\"."),
+					 errhint("An empty string stops the counter reading its topic.")));
+	}
+	else if (strlen(value) > 200)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must have between 1 and 200 characters", column),
 				 errhint("An empty string stops the counter draining it.")));
-	if (strncmp(value, "counter:", 8) == 0)
+	else if (strncmp(value, "counter:", 8) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_RESERVED_NAME),
 				 errmsg("%s \"%s\" is in the extension's own namespace", column, value),
@@ -605,38 +636,40 @@ CounterCheckRedisName(const CounterDef *def, const char *column, const char *val
 	values[0] = Int32GetDatum(def->id);
 	values[1] = CStringGetTextDatum(value);
 	values[2] = ObjectIdGetDatum(def->owner);
-	if (strcmp(column, "redis_prefix") == 0)
+	if (prefix)
 		rc = SPI_execute_with_args("SELECT name, redis_prefix FROM counter.definition"
 								   " WHERE id <> $1 AND owner::oid <> $3 AND redis_prefix IS NOT NULL"
 								   " AND (starts_with(redis_prefix, $2) OR starts_with($2, redis_prefix))"
 								   " ORDER BY id LIMIT 1",
 								   3, argtypes, values, NULL, true, 1);
 	else
-		rc = SPI_execute_with_args("SELECT name, redis_stream FROM counter.definition"
-								   " WHERE id <> $1 AND owner::oid <> $3 AND redis_stream = $2"
-								   " ORDER BY id LIMIT 1",
+		rc = SPI_execute_with_args(psprintf("SELECT name, %s FROM counter.definition"
+											" WHERE id <> $1 AND owner::oid <> $3 AND %s = $2"
+											" ORDER BY id LIMIT 1", column, column),
 								   3, argtypes, values, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "checking %s failed: %s", column, SPI_result_code_string(rc));
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("%s \"%s\" clashes with counter \"%s\", which another role owns",
-						column, value, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
-				 strcmp(column, "redis_prefix") == 0 ?
-				 errdetail("That counter drains the keys \"%s*\"; a prefix may neither start with nor be the start of another owner's prefix.",
-						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)) :
-				 errdetail("That counter reads the stream \"%s\"; a stream another owner's counter reads is not yours to read.",
-						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
-				 errhint("Choose a %s of your own.", column)));
+	if (SPI_processed == 0)
+		return;
+	what = prefix ? "drains the keys \"%s*\"; a prefix may neither start with nor be the start of another owner's prefix." :
+		kafka ? "reads the topic \"%s\"; a topic another owner's counter reads is not yours to read." :
+		"reads the stream \"%s\"; a stream another owner's counter reads is not yours to read.";
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_OBJECT),
+			 errmsg("%s \"%s\" clashes with counter \"%s\", which another role owns",
+					column, value, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+			 errdetail("That counter %s",
+					   psprintf(what, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2))),
+			 errhint("Choose a %s of your own.", column)));
 }
 
 /*
  * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
  * max_per_actor, rate_window, max_delta, minute_retention, hour_retention,
- * day_retention, half_life, trend_spans, trend_weights, redis_stream):
- * change a counter's settings online; arguments left null keep their
- * value, and an empty redis_prefix or redis_stream stops that drain.
+ * day_retention, half_life, trend_spans, trend_weights, redis_stream,
+ * kafka_topic): change a counter's settings online; arguments left null
+ * keep their value, and an empty redis_prefix, redis_stream or kafka_topic
+ * stops that drain.
  * Every setting is checked first, so a refused alter changes nothing.
  * Every slot and mode writes the same tally rows, so no increment in
  * flight is lost whichever setting a concurrent writer still has cached.
@@ -644,17 +677,18 @@ CounterCheckRedisName(const CounterDef *def, const char *column, const char *val
 Datum
 counter_alter(PG_FUNCTION_ARGS)
 {
-#define COUNTER_ALTER_ARGS 15
+#define COUNTER_ALTER_ARGS 16
 	CounterDef	def;
 	CounterScope scope;
 	Oid			argtypes[COUNTER_ALTER_ARGS] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
 		INTERVALOID, INT4OID, INTERVALOID, INT8OID,
 		INTERVALOID, INTERVALOID, INTERVALOID, INTERVALOID,
-	INTERVALARRAYOID, FLOAT8ARRAYOID, TEXTOID};
+	INTERVALARRAYOID, FLOAT8ARRAYOID, TEXTOID, TEXTOID};
 	Datum		values[COUNTER_ALTER_ARGS];
 	char		nulls[COUNTER_ALTER_ARGS];
 	bool		clear_prefix = false;
 	bool		clear_stream = false;
+	bool		clear_topic = false;
 	int			i;
 
 	PreventCommandIfReadOnly("counter.alter()");
@@ -701,7 +735,7 @@ counter_alter(PG_FUNCTION_ARGS)
 
 		clear_prefix = prefix[0] == '\0';
 		if (!clear_prefix)
-			CounterCheckRedisName(&def, "redis_prefix", prefix);
+			CounterCheckSourceName(&def, "redis_prefix", prefix);
 	}
 	if (nulls[14] == ' ')
 	{
@@ -709,7 +743,15 @@ counter_alter(PG_FUNCTION_ARGS)
 
 		clear_stream = stream[0] == '\0';
 		if (!clear_stream)
-			CounterCheckRedisName(&def, "redis_stream", stream);
+			CounterCheckSourceName(&def, "redis_stream", stream);
+	}
+	if (nulls[15] == ' ')
+	{
+		char	   *topic = TextDatumGetCString(values[15]);
+
+		clear_topic = topic[0] == '\0';
+		if (!clear_topic)
+			CounterCheckSourceName(&def, "kafka_topic", topic);
 	}
 	CounterExec(psprintf("UPDATE counter.definition SET"
 						 " mode = coalesce($2, mode),"
@@ -725,10 +767,12 @@ counter_alter(PG_FUNCTION_ARGS)
 						 " half_life = coalesce($12, half_life),"
 						 " trend_spans = coalesce($13, trend_spans),"
 						 " trend_weights = coalesce($14, trend_weights),"
-						 " redis_stream = %s"
+						 " redis_stream = %s,"
+						 " kafka_topic = %s"
 						 " WHERE id = $1",
 						 clear_prefix ? "NULL::text" : "coalesce($4, redis_prefix)",
-						 clear_stream ? "NULL::text" : "coalesce($15, redis_stream)"),
+						 clear_stream ? "NULL::text" : "coalesce($15, redis_stream)",
+						 clear_topic ? "NULL::text" : "coalesce($16, kafka_topic)"),
 				COUNTER_ALTER_ARGS, argtypes, values, nulls);
 	CounterLeave(&scope);
 	CommandCounterIncrement();

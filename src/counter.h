@@ -169,6 +169,7 @@ typedef enum CounterStat
 	COUNTER_STAT_REDIS,			/* deltas drained from Redis */
 	COUNTER_STAT_DEDUPED,		/* increments refused as duplicate events */
 	COUNTER_STAT_LIMITED,		/* increments refused by an actor's rate limit */
+	COUNTER_STAT_KAFKA,			/* deltas consumed from Kafka */
 	COUNTER_STAT_COUNT
 } CounterStat;
 
@@ -262,6 +263,9 @@ typedef struct CounterDbSlot
 	int64		compacted_rows;
 	int			redis_nmasters;
 	CounterRedisStatus redis[COUNTER_REDIS_MAX_MASTERS];
+	char		kafka_state[64];	/* the Kafka consumer's, "" when there is none */
+	TimestampTz kafka_error_at;
+	char		kafka_error[200];
 } CounterDbSlot;
 
 /*
@@ -301,6 +305,10 @@ extern int	counter_redis_poll_interval;
 extern int	counter_redis_batch_size;
 extern char *counter_redis_stream;
 extern char *counter_redis_stream_group;
+extern char *counter_kafka_brokers;
+extern char *counter_kafka_group;
+extern char *counter_kafka_options;
+extern int	counter_kafka_batch_size;
 extern int	counter_redis_connect_timeout;
 extern int	counter_redis_command_timeout;
 extern void CounterGucInit(void);
@@ -424,12 +432,21 @@ extern void (*counter_source_yield_hook) (void);
 extern void CounterSourceYield(void);
 extern char *CounterBytes(const char *s, size_t len);
 extern char *CounterSafeText(const char *s, size_t len, size_t max);
+extern void CounterSourceFields(CounterSourceItem *it, CounterKeyType key_type,
+								const char *key, const char *delta, const char *time,
+								const char *event, TimestampTz now);
 extern void CounterSourceBegin(void);
 extern void CounterSourceCommit(void);
 extern MemoryContext CounterSourceContext(void);
 extern void CounterSourceApply(const char *source, const char *origin,
 							   CounterSourceItem *items, int n, int16 slot);
 extern int64 CounterSourceCountStats(CounterSourceItem *items, int n, CounterStat stat);
+
+/* kafka.c */
+extern void CounterKafkaRound(void);
+extern long CounterKafkaWaitMs(long wait_ms);
+extern pgsocket CounterKafkaWaitFd(void);
+extern void CounterKafkaShutdown(void);
 
 /* worker.c: what every background process shares */
 extern volatile sig_atomic_t counter_shutdown_requested;
@@ -454,6 +471,7 @@ extern void CounterRedisShutdown(void);
 extern long CounterRedisWaitMs(long fold_ms);
 
 /* catalog.c */
+extern uint64 CounterDefGeneration(void);
 extern void CounterCatalogInit(void);
 extern bool CounterLookupById(int32 id, CounterDef *def);
 extern bool CounterLookupByName(const char *name, CounterDef *def);

@@ -24,6 +24,10 @@ char	   *counter_redis_stream = NULL;
 char	   *counter_redis_stream_group = NULL;
 int			counter_redis_connect_timeout = 1000;
 int			counter_redis_command_timeout = 2000;
+char	   *counter_kafka_brokers = NULL;
+char	   *counter_kafka_group = NULL;
+char	   *counter_kafka_options = NULL;
+int			counter_kafka_batch_size = 10000;
 
 /* Define every counter.* setting and reserve the prefix. */
 void
@@ -150,6 +154,28 @@ CounterGucInit(void)
 							&counter_redis_command_timeout,
 							2000, 10, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.kafka_brokers",
+							   "Kafka bootstrap servers the ingest processes consume from, as host:port[,host:port...].",
+							   "Empty turns Kafka ingestion off.",
+							   &counter_kafka_brokers, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.kafka_group",
+							   "Consumer group of the Kafka consumers; each database's is this, a dash and the database's name.",
+							   "Offsets are kept in counter.kafka_offset, not in the group.",
+							   &counter_kafka_group, "counter",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.kafka_options",
+							   "More librdkafka settings for the consumers, as space-separated name=value pairs.",
+							   "For example security.protocol=SASL_SSL sasl.mechanism=PLAIN sasl.username=u sasl.password=p.  Readable by superusers only.",
+							   &counter_kafka_options, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.kafka_batch_size",
+							"Kafka messages applied per transaction.",
+							NULL,
+							&counter_kafka_batch_size,
+							10000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("counter");
 }

@@ -2,7 +2,7 @@
  * ingest.c
  *		The ingest process of a database: folds the shared buffer of its
  *		buffered counters into the tables, drains its sources (Redis keys
- *		and streams), and answers counter.flush().
+ *		and streams, Kafka topics), and answers counter.flush().
  *
  * One per served database, started by the launcher.  Rounds are short and
  * bounded: a fold every counter.flush_interval (at once for a flush()),
@@ -280,6 +280,7 @@ CounterIngestStop(void)
 			(errmsg("counter ingest process stopping; folded %d buffered deltas on the way out",
 					folded)));
 	CounterRedisShutdown();
+	CounterKafkaShutdown();
 }
 
 /* Entry point of a database's ingest process; arg is the database's oid. */
@@ -325,6 +326,7 @@ CounterIngestMain(Datum arg)
 		TimestampTz start;
 		uint64		requested;
 		long		wait_ms;
+		pgsocket	kafka_fd;
 
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
@@ -336,6 +338,8 @@ CounterIngestMain(Datum arg)
 			CounterFoldAndAnswer(requested);
 		CounterProcState("draining sources");
 		CounterRedisRound();
+		CounterIngestYield();
+		CounterKafkaRound();
 		CounterIngestYield();
 
 		if (start - last_evict >= 10 * USECS_PER_SEC)
@@ -365,9 +369,14 @@ CounterIngestMain(Datum arg)
 			continue;
 		wait_ms = (long) ((last_fold_at + (int64) counter_flush_interval * 1000 -
 						   GetCurrentTimestamp()) / 1000);
-		wait_ms = Max(1, Min(wait_ms, CounterRedisWaitMs(counter_flush_interval)));
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 wait_ms, PG_WAIT_EXTENSION);
+		wait_ms = Min(wait_ms, CounterRedisWaitMs(counter_flush_interval));
+		wait_ms = Max(1, CounterKafkaWaitMs(wait_ms));
+		/* Kafka messages arriving end the wait */
+		kafka_fd = CounterKafkaWaitFd();
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
+								 (kafka_fd != PGINVALID_SOCKET ? WL_SOCKET_READABLE : 0),
+								 kafka_fd, wait_ms, PG_WAIT_EXTENSION);
 	}
 	CounterIngestStop();
 	proc_exit(0);

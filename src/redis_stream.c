@@ -74,39 +74,6 @@ CounterStreamIdLe(const char *a, const char *b)
 	return am < bm || (am == bm && as <= bs);
 }
 
-/* The event time: Unix ms or an ISO 8601 timestamp; false if neither. */
-static bool
-CounterStreamTime(const char *s, TimestampTz *out)
-{
-	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
-	char	   *field[MAXDATEFIELDS];
-	int			ftype[MAXDATEFIELDS];
-	int			nf;
-	struct pg_tm tt;
-	fsec_t		fsec;
-	int			tz;
-	int			dtype;
-	const char *p;
-
-	for (p = s; *p >= '0' && *p <= '9'; p++)
-		;
-	if (*s && *p == '\0' && p - s <= 15)
-	{
-		int64		ms = strtoi64(s, NULL, 10);
-
-		*out = (TimestampTz) (ms - ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
-									SECS_PER_DAY * 1000)) * 1000;
-		return true;
-	}
-	if (strlen(s) >= MAXDATELEN)
-		return false;
-	if (ParseDateTime(s, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0)
-		return false;
-	if (DecodeDateTime(field, ftype, nf, &dtype, &tt, &fsec, &tz) != 0 || dtype != DTK_DATE)
-		return false;
-	return tm2timestamp(&tt, fsec, &tz, out) == 0;
-}
-
 /* Copy the entries of an XREADGROUP entry list (binary-safe). */
 static int
 CounterStreamCopy(redisReply *list, StreamEntry **out)
@@ -203,7 +170,6 @@ CounterStreamItem(const CounterRedisCounter *counters, int ncounters, const char
 {
 	const CounterRedisCounter *c;
 	const char *why = NULL;
-	char	   *end;
 
 	memset(it, 0, sizeof(*it));
 	it->item = psprintf("%s/%s", stream, e->id);
@@ -224,63 +190,7 @@ CounterStreamItem(const CounterRedisCounter *counters, int ncounters, const char
 		return;
 	}
 	it->counter_id = c->id;
-	if (e->key == NULL || *e->key == '\0')
-	{
-		it->reason = "entry lacks the field key";
-		return;
-	}
-	if (c->key_type == COUNTER_KEY_BIGINT)
-	{
-		errno = 0;
-		it->key = strtoi64(e->key, &end, 10);
-		if (*end != '\0' || errno != 0 || !isdigit((unsigned char) e->key[*e->key == '-']))
-		{
-			it->reason = "key is not a bigint";
-			return;
-		}
-	}
-	else if (!pg_verifymbstr(e->key, strlen(e->key), true))
-	{
-		it->reason = "key is not valid text";
-		return;
-	}
-	else if (strlen(e->key) > COUNTER_TEXT_KEY_MAXLEN)
-	{
-		it->reason = "key is longer than a text key may be";
-		return;
-	}
-	else
-		it->keytext = e->key;
-	if (e->delta)
-	{
-		errno = 0;
-		it->delta = strtoi64(e->delta, &end, 10);
-		if (*e->delta == '\0' || *end != '\0' || errno != 0)
-		{
-			it->reason = "delta is not a bigint";
-			return;
-		}
-	}
-	if (e->time)
-	{
-		TimestampTz at;
-
-		if (!CounterStreamTime(e->time, &at))
-		{
-			it->reason = "time is neither Unix milliseconds nor a timestamp";
-			return;
-		}
-		it->bucket = CounterMinute(Min(at, now));
-	}
-	if (e->event && *e->event)
-	{
-		if (!pg_verifymbstr(e->event, strlen(e->event), true))
-		{
-			it->reason = "event is not valid text";
-			return;
-		}
-		it->event = e->event;
-	}
+	CounterSourceFields(it, c->key_type, e->key, e->delta, e->time, e->event, now);
 }
 
 /*

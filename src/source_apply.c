@@ -24,6 +24,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -73,6 +74,112 @@ CounterSafeText(const char *s, size_t len, size_t max)
 	if (shown < len)
 		appendStringInfo(&buf, "... (%zu bytes in all)", len);
 	return buf.data;
+}
+
+/* The event time: Unix ms or an ISO 8601 timestamp; false if neither. */
+static bool
+CounterSourceTime(const char *s, TimestampTz *out)
+{
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	struct pg_tm tt;
+	fsec_t		fsec;
+	int			tz;
+	int			dtype;
+	const char *p;
+
+	for (p = s; *p >= '0' && *p <= '9'; p++)
+		;
+	if (*s && *p == '\0' && p - s <= 15)
+	{
+		int64		ms = strtoi64(s, NULL, 10);
+
+		*out = (TimestampTz) (ms - ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
+									SECS_PER_DAY * 1000)) * 1000;
+		return true;
+	}
+	if (strlen(s) >= MAXDATELEN)
+		return false;
+	if (ParseDateTime(s, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0)
+		return false;
+	if (DecodeDateTime(field, ftype, nf, &dtype, &tt, &fsec, &tz) != 0 || dtype != DTK_DATE)
+		return false;
+	return tm2timestamp(&tt, fsec, &tz, out) == 0;
+}
+
+/*
+ * Fill an event item's key, delta, minute and event id from the fields a
+ * source read (Redis stream entries and Kafka messages carry the same
+ * ones; NULL: absent), for a counter with keys of key_type; sets
+ * it->reason when they cannot count.  A time picks the minute (never
+ * later than now); the delta defaults to 1.
+ */
+void
+CounterSourceFields(CounterSourceItem *it, CounterKeyType key_type, const char *key,
+					const char *delta, const char *time, const char *event,
+					TimestampTz now)
+{
+	char	   *end;
+
+	if (key == NULL || *key == '\0')
+	{
+		it->reason = "entry lacks the field key";
+		return;
+	}
+	if (key_type == COUNTER_KEY_BIGINT)
+	{
+		errno = 0;
+		it->key = strtoi64(key, &end, 10);
+		if (*end != '\0' || errno != 0 || !isdigit((unsigned char) key[*key == '-']))
+		{
+			it->reason = "key is not a bigint";
+			return;
+		}
+	}
+	else if (!pg_verifymbstr(key, strlen(key), true))
+	{
+		it->reason = "key is not valid text";
+		return;
+	}
+	else if (strlen(key) > COUNTER_TEXT_KEY_MAXLEN)
+	{
+		it->reason = "key is longer than a text key may be";
+		return;
+	}
+	else
+		it->keytext = (char *) key;
+	if (delta)
+	{
+		errno = 0;
+		it->delta = strtoi64(delta, &end, 10);
+		if (*delta == '\0' || *end != '\0' || errno != 0)
+		{
+			it->reason = "delta is not a bigint";
+			return;
+		}
+	}
+	if (time)
+	{
+		TimestampTz at;
+
+		if (!CounterSourceTime(time, &at))
+		{
+			it->reason = "time is neither Unix milliseconds nor a timestamp";
+			return;
+		}
+		it->bucket = CounterMinute(Min(at, now));
+	}
+	if (event && *event)
+	{
+		if (!pg_verifymbstr(event, strlen(event), true))
+		{
+			it->reason = "event is not valid text";
+			return;
+		}
+		it->event = (char *) event;
+	}
 }
 
 /* Between two batches of a source, outside any transaction. */

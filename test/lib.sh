@@ -26,6 +26,7 @@
 #   counter_redis_start / _stop   a private redis-server, as $REDIS_PORT
 #   counter_node_pg               node-postgres from npm, as $COUNTER_NODE_PATH
 #   counter_old_release           the last release in a copy of PostgreSQL, as $COUNTER_OLD_ROOT
+#   counter_kafka_start / _stop   a Kafka mock cluster (librdkafka's), as $KAFKA_BROKERS
 #   counter_cleanup               stop everything started
 #   counter_psql ARGS...          psql against the private cluster
 #   counter_now_ms                wall clock in milliseconds, for timings
@@ -46,7 +47,8 @@ COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Packages the build, the tests and the demo need (Debian 12 names).
 COUNTER_PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15
 	postgresql-contrib libhiredis-dev redis-server libipc-run-perl sqlsmith
-	python3-psycopg python3-psycopg2 python3-asyncpg pgbouncer)
+	python3-psycopg python3-psycopg2 python3-asyncpg pgbouncer
+	librdkafka-dev kcat)
 
 # Print a progress message.
 counter_say() {
@@ -140,7 +142,7 @@ counter_pg_user() {
 }
 
 # Run CMD as counter_pg_user, with the PostgreSQL 15 binaries first on PATH
-# and our PG*, REDIS_* and COUNTER_* variables passed along explicitly.  As
+# and our PG*, REDIS_*, KAFKA_* and COUNTER_* variables passed along explicitly.  As
 # root, a working directory outside $COUNTER_WORK is swapped for
 # $COUNTER_WORK (or /), because the repository may be unreadable to that user.
 counter_as_pg() {
@@ -149,7 +151,7 @@ counter_as_pg() {
 
 	for name in $(compgen -e); do
 		case $name in
-		PG* | REDIS_* | COUNTER_*) vars+=("$name=${!name}") ;;
+		PG* | REDIS_* | KAFKA_* | COUNTER_*) vars+=("$name=${!name}") ;;
 		esac
 	done
 	if ((EUID != 0)); then
@@ -385,8 +387,51 @@ counter_redis_stop() {
 	kill -KILL "$pid" 2>/dev/null || true
 }
 
+# Start a Kafka cluster for the tests: librdkafka's own mock cluster of
+# three brokers (test/kafka_mock.c, built here), with the topics named as
+# TOPIC:PARTITIONS arguments, as the pg user; exports KAFKA_BROKERS, its
+# bootstrap servers.  It keeps messages in memory only.
+counter_kafka_start() {
+	local dir=$COUNTER_WORK/kafka
+
+	counter_workdir
+	counter_as_pg mkdir -p "$dir"
+	cc -O2 -Wall -o "$dir/kafka_mock" "$COUNTER_ROOT/test/kafka_mock.c" -lrdkafka ||
+		counter_die "building test/kafka_mock.c failed (is librdkafka-dev installed?)"
+	chmod a+rx "$dir/kafka_mock"
+	# shellcheck disable=SC2016
+	counter_as_pg bash -c 'cd "$1" && shift && { ./kafka_mock 3 "$@" >brokers 2>log & echo $! >pid; }' \
+		_ "$dir" "$@"
+	for _ in {1..50}; do
+		if [[ -s $dir/brokers ]]; then
+			KAFKA_BROKERS=$(head -n 1 "$dir/brokers")
+			export KAFKA_BROKERS
+			counter_say "started a Kafka mock cluster at $KAFKA_BROKERS"
+			return 0
+		fi
+		sleep 0.1
+	done
+	cat "$dir/log" >&2 || true
+	counter_die "the Kafka mock cluster did not start"
+}
+
+# Stop the Kafka mock cluster if it runs.
+counter_kafka_stop() {
+	local pidfile=${COUNTER_WORK:-/nonexistent}/kafka/pid pid
+	[[ -f $pidfile ]] || return 0
+	pid=$(<"$pidfile")
+	[[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == kafka_mock ]] || return 0
+	kill "$pid" 2>/dev/null || true
+	for _ in {1..50}; do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
 # Stop everything this library started; never fails, so it suits a trap.
 counter_cleanup() {
+	counter_kafka_stop || true
 	counter_redis_stop || true
 	counter_pg_stop || true
 }
