@@ -5,7 +5,8 @@
  * Each .c file holds one concern and calls only the files below it.  From the
  * bottom up: settings (guc.c); the private scope, plan cache and overflow
  * errors (scope.c); shared memory (shmem.c) and the shared buffer
- * (buffer.c); the row protocol of counter.tally (tally.c); declared
+ * (buffer.c); the row protocol of counter.tally (tally.c) and its hot
+ * paths through the access methods (tally_am.c); declared
  * counters (catalog.c) and the handle type (type.c); the SQL paths
  * (write.c, buffered.c, limits.c, read.c, stats.c); compaction (compact.c);
  * the sources (redis_*.c, source_apply.c, see counter_redis.h); and the
@@ -386,10 +387,22 @@ extern int	CounterChangedTake(uint32 consumer, int32 counter_id, CounterChangedK
 extern void CounterChangedGiveBack(uint32 consumer, const CounterChangedKey *keys, int n);
 extern void CounterChangedForgetDatabase(Oid dbid);
 
+/* tally_am.c */
+typedef void (*CounterRowVisitor) (void *arg, TimestampTz bucket, int64 value);
+extern void CounterTallyAmInit(void);
+extern bool CounterTallySums(int32 counter_id, int n, const int64 *keys,
+							 int64 *sums);
+extern void CounterTallyVisit(int32 counter_id, int64 key, TimestampTz from,
+							  TimestampTz to, CounterRowVisitor visit, void *arg);
+extern bool CounterTallyAdd(int32 counter_id, int64 key, TimestampTz bucket,
+							int16 slotno, int64 delta, int64 *row);
+
 /* tally.c */
 extern int16 CounterSlot(const CounterDef *def);
 extern void CounterApply(const CounterDef *def, int64 key, int64 delta,
 						 TimestampTz bucket);
+extern void CounterIncrement(const CounterDef *def, int64 key, int64 delta,
+							 TimestampTz bucket);
 extern int64 CounterTextKeyId(const CounterDef *def, text *key, bool create);
 extern int64 CounterKeyText(const CounterDef *def, text *key, bool create);
 extern int64 CounterKeyArg(FunctionCallInfo fcinfo, int argno,

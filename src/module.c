@@ -21,6 +21,7 @@ _PG_init(void)
 	CounterBufferInit();
 	CounterChangedInit();
 	CounterCatalogInit();
+	CounterTallyAmInit();
 	CounterBufferedInit();
 	CounterLauncherInit();
 }

@@ -100,7 +100,6 @@ static SPIPlanPtr plan_crossing = NULL;
 static SPIPlanPtr plan_next_due = NULL;
 static SPIPlanPtr plan_gone = NULL;
 static SPIPlanPtr plan_save_state = NULL;
-static SPIPlanPtr plan_one_key = NULL;
 static SPIPlanPtr plan_upsert[COUNTER_MAX_SPANS + 1];
 
 /* Saturate a 128-bit sum to bigint. */
@@ -252,53 +251,43 @@ CounterArgDef(FunctionCallInfo fcinfo, CounterDef *def)
 	CounterGetById(PG_GETARG_INT32(0), def);
 }
 
+/* What CounterAccRow accumulates into. */
+typedef struct RankVisit
+{
+	const RankRun *run;
+	RankAcc    *acc;
+} RankVisit;
+
+/* CounterTallyVisit's visitor: add one row to the accumulator. */
+static void
+CounterAccRow(void *arg, TimestampTz bucket, int64 value)
+{
+	RankVisit  *v = arg;
+
+	CounterAccAdd(v->run, v->acc, bucket, value);
+}
+
 /*
  * Accumulate one key's rows with buckets in [from, to) (all rows with
- * DT_NOBEGIN, DT_NOEND), plus what is still pending for it in the buffer
- * and in this transaction, as of run->t.
+ * DT_NOBEGIN, DT_NOEND), in (bucket, slot) order, plus what is still
+ * pending for it in the buffer and in this transaction, as of run->t: one
+ * pass over the key's rows for every span at once.
  */
 static void
 CounterAccKey(RankRun *run, RankAcc *acc, int64 key, TimestampTz from, TimestampTz to)
 {
 	const CounterDef *def = run->def;
-	CounterScope scope;
-	Oid			argtypes[4] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum		values[4];
+	RankVisit	visit = {run, acc};
 	TimestampTz buckets[COUNTER_BUF_SLOTS + 8];
 	int64		amounts[COUNTER_BUF_SLOTS + 8];
 	int			npending;
-	uint64		i;
-	int			rc;
+	int			i;
 
 	CounterAccReset(acc, key);
-	values[0] = Int32GetDatum(def->id);
-	values[1] = Int64GetDatum(key);
-	values[2] = TimestampTzGetDatum(from);
-	values[3] = TimestampTzGetDatum(to);
-	CounterEnter(&scope);
-	rc = SPI_execute_plan(CounterPlan(&plan_one_key,
-									  "SELECT bucket, value FROM counter.tally"
-									  " WHERE counter_id = $1 AND key = $2"
-									  " AND bucket >= $3 AND bucket < $4"
-									  " ORDER BY bucket, slot",
-									  4, argtypes),
-						  values, NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading a key's rows failed: %s", SPI_result_code_string(rc));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		TimestampTz b = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
-														  SPI_tuptable->tupdesc, 1, &isnull));
-		int64		v = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-													SPI_tuptable->tupdesc, 2, &isnull));
-
-		CounterAccAdd(run, acc, b, v);
-	}
-	CounterLeave(&scope);
+	CounterTallyVisit(def->id, key, from, to, CounterAccRow, &visit);
 	npending = CounterPendingBuckets(def->id, key, from, to, buckets, amounts,
 									 lengthof(buckets));
-	for (i = 0; i < (uint64) npending; i++)
+	for (i = 0; i < npending; i++)
 		CounterAccAdd(run, acc, buckets[i], amounts[i]);
 }
 

@@ -23,27 +23,33 @@ PG_FUNCTION_INFO_V1(counter_get_many);
 PG_FUNCTION_INFO_V1(counter_window);
 PG_FUNCTION_INFO_V1(counter_key_list);
 
-static SPIPlanPtr plan_get = NULL;
-static SPIPlanPtr plan_window = NULL;
-static SPIPlanPtr plan_get_many = NULL;
 static SPIPlanPtr plan_get_many_text = NULL;
 
-/*
- * Run a one-row, one-bigint-column plan in the caller's snapshot and return
- * its value; a sum past bigint is reported as the counter's overflow.
- */
+/* A 128-bit sum as a key's total; past bigint is the counter's overflow. */
 static int64
-CounterScalarGuarded(const CounterDef *def, const int64 *key, SPIPlanPtr plan,
-					 Datum *values)
+CounterTotalOf(const CounterDef *def, const int64 *key, int128 sum)
 {
-	bool		isnull;
-	int			rc = CounterExecGuarded(def, key, true, plan, values);
-	Datum		d;
+	if (sum > PG_INT64_MAX || sum < PG_INT64_MIN)
+		CounterOverflow(def, key, true);
+	return (int64) sum;
+}
 
-	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetInt64(d);
+/* The sum of all of a key's rows in the tables, in the caller's snapshot. */
+static int64
+CounterRowsSum(const CounterDef *def, int64 key)
+{
+	int64		sum;
+
+	if (!CounterTallySums(def->id, 1, &key, &sum))
+		CounterOverflow(def, &key, true);
+	return sum;
+}
+
+/* CounterTallyVisit's visitor for a sum of values. */
+static void
+CounterSumRow(void *arg, TimestampTz bucket, int64 value)
+{
+	*(int128 *) arg += value;
 }
 
 /* Fetch the counter argument, refusing null. */
@@ -93,13 +99,10 @@ Datum
 counter_get(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
-	CounterScope scope;
 	int64		key;
 	int64		total;
 	int64		max_age_us = -1;
 	bool		known;
-	Oid			argtypes[2] = {INT4OID, INT8OID};
-	Datum		values[2];
 
 	CounterArg(fcinfo, &def);
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
@@ -126,15 +129,7 @@ counter_get(PG_FUNCTION_ARGS)
 		CounterCountStat(def.id, COUNTER_STAT_CACHE_HITS, 1);
 		PG_RETURN_INT64(total);
 	}
-	values[0] = Int32GetDatum(def.id);
-	values[1] = Int64GetDatum(key);
-	CounterEnter(&scope);
-	total = CounterScalarGuarded(&def, &key, CounterPlan(&plan_get,
-														 "SELECT sum(value)::int8 FROM counter.tally"
-														 " WHERE counter_id = $1 AND key = $2",
-														 2, argtypes),
-								 values);
-	CounterLeave(&scope);
+	total = CounterRowsSum(&def, key);
 	total = CounterAddPending(&def, key, total, DT_NOBEGIN, DT_NOEND);
 	/* cache only what other sessions may see: nothing of ours uncommitted */
 	if (max_age_us >= 0 && !CounterLocalWrites())
@@ -150,14 +145,12 @@ Datum
 counter_window(PG_FUNCTION_ARGS)
 {
 	CounterDef	def;
-	CounterScope scope;
 	int64		key;
 	int64		total;
+	int128		sum = 0;
 	Interval   *span;
 	TimestampTz now;
 	TimestampTz from;
-	Oid			argtypes[4] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum		values[4];
 	Interval	zero = {0};
 	bool		known;
 
@@ -184,19 +177,90 @@ counter_window(PG_FUNCTION_ARGS)
 	key = CounterKeyArg(fcinfo, 1, &def, false, &known);
 	if (!known)
 		PG_RETURN_INT64(0);
-	values[0] = Int32GetDatum(def.id);
-	values[1] = Int64GetDatum(key);
-	values[2] = TimestampTzGetDatum(from);
-	values[3] = TimestampTzGetDatum(now);
-	CounterEnter(&scope);
-	total = CounterScalarGuarded(&def, &key, CounterPlan(&plan_window,
-														 "SELECT sum(value)::int8 FROM counter.tally"
-														 " WHERE counter_id = $1 AND key = $2"
-														 " AND bucket >= $3 AND bucket < $4",
-														 4, argtypes),
-								 values);
-	CounterLeave(&scope);
+	CounterTallyVisit(def.id, key, from, now, CounterSumRow, &sum);
+	total = CounterTotalOf(&def, &key, sum);
 	PG_RETURN_INT64(CounterAddPending(&def, key, total, from, now));
+}
+
+/*
+ * get_many of bigint keys: every key's rows summed in one pass over the
+ * primary key, plus what is pending; a null key reads 0.  keys come back
+ * as text when they were given as an untyped literal.
+ */
+static void
+CounterGetManyInt(const CounterDef *def, ReturnSetInfo *rsinfo, ArrayType *arr,
+				  bool literal)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int64	   *ids;
+	int64	   *sums;
+	int			i;
+
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, &n);
+	ids = palloc(sizeof(int64) * Max(n, 1));
+	sums = palloc(sizeof(int64) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		ids[i] = nulls[i] ? 0 : DatumGetInt64(elems[i]);
+	if (!CounterTallySums(def->id, n, ids, sums))
+		CounterOverflow(def, NULL, true);
+	for (i = 0; i < n; i++)
+	{
+		Datum		out[2];
+		bool		outnulls[2] = {nulls[i], false};
+		int64		total = 0;
+
+		if (!nulls[i])
+			total = CounterAddPending(def, ids[i], sums[i], DT_NOBEGIN, DT_NOEND);
+		out[0] = nulls[i] ? (Datum) 0 : literal ?
+			CStringGetTextDatum(psprintf(INT64_FORMAT, ids[i])) : Int64GetDatum(ids[i]);
+		out[1] = Int64GetDatum(total);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
+	}
+}
+
+/* get_many of text keys: mapped through counter.text_key, in SQL. */
+static void
+CounterGetManyText(const CounterDef *def, ReturnSetInfo *rsinfo, Datum keys)
+{
+	CounterScope scope;
+	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
+	Datum		values[2] = {Int32GetDatum(def->id), keys};
+	int			rc;
+	uint64		i;
+
+	CounterEnter(&scope);
+	rc = CounterExecGuarded(def, NULL, true, CounterPlan(&plan_get_many_text,
+														  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
+														  "  FROM counter.tally t"
+														  "  WHERE t.counter_id = $1 AND t.key = m.id), 0), m.id"
+														  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
+														  " LEFT JOIN counter.text_key m"
+														  "  ON m.counter_id = $1 AND m.name = u.k"
+														  " ORDER BY u.o",
+														  2, argtypes),
+							values);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		Datum		out[2];
+		bool		nulls[2];
+		bool		noid;
+		Datum		id;
+
+		out[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
+		out[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
+		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &noid);
+		if (!noid)
+			out[1] = Int64GetDatum(CounterAddPending(def, DatumGetInt64(id),
+													 DatumGetInt64(out[1]),
+													 DT_NOBEGIN, DT_NOEND));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+	}
+	CounterLeave(&scope);
 }
 
 /*
@@ -209,15 +273,10 @@ counter_get_many(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	CounterDef	def;
-	CounterScope scope;
 	Oid			arrtype = get_fn_expr_argtype(fcinfo->flinfo, 1);
 	bool		literal = (arrtype == TEXTOID);
 	bool		textkeys;
-	Oid			argtypes[2] = {INT4OID, InvalidOid};
-	Datum		values[2];
 	Datum		keys;
-	int			rc;
-	uint64		i;
 
 	CounterArg(fcinfo, &def);
 	if (PG_ARGISNULL(1))
@@ -236,7 +295,6 @@ counter_get_many(PG_FUNCTION_ARGS)
 								ObjectIdGetDatum(get_element_type(arrtype)),
 								Int32GetDatum(-1));
 	}
-	argtypes[1] = arrtype;
 	textkeys = (arrtype == TEXTARRAYOID);
 	if (textkeys != (def.key_type == COUNTER_KEY_TEXT))
 		ereport(ERROR,
@@ -250,51 +308,10 @@ counter_get_many(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("keys must be a one-dimensional array")));
 	InitMaterializedSRF(fcinfo, 0);
-	values[0] = Int32GetDatum(def.id);
-	values[1] = keys;
-	CounterEnter(&scope);
 	if (textkeys)
-		rc = CounterExecGuarded(&def, NULL, true, CounterPlan(&plan_get_many_text,
-										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
-										  "  FROM counter.tally t"
-										  "  WHERE t.counter_id = $1 AND t.key = m.id), 0), m.id"
-										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
-										  " LEFT JOIN counter.text_key m"
-										  "  ON m.counter_id = $1 AND m.name = u.k"
-										  " ORDER BY u.o",
-										  2, argtypes),
-								values);
+		CounterGetManyText(&def, rsinfo, keys);
 	else
-		rc = CounterExecGuarded(&def, NULL, true, CounterPlan(&plan_get_many,
-										  "SELECT u.k, coalesce((SELECT sum(t.value)::int8"
-										  "  FROM counter.tally t"
-										  "  WHERE t.counter_id = $1 AND t.key = u.k), 0), u.k"
-										  " FROM unnest($2) WITH ORDINALITY AS u(k, o)"
-										  " ORDER BY u.o",
-										  2, argtypes),
-								values);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "counter read failed: %s", SPI_result_code_string(rc));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		Datum		out[2];
-		bool		nulls[2];
-
-		bool		noid;
-		Datum		id;
-
-		out[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &nulls[0]);
-		out[1] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &nulls[1]);
-		id = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &noid);
-		if (!noid)
-			out[1] = Int64GetDatum(CounterAddPending(&def, DatumGetInt64(id),
-													 DatumGetInt64(out[1]),
-													 DT_NOBEGIN, DT_NOEND));
-		if (literal && !textkeys && !nulls[0])
-			out[0] = CStringGetTextDatum(psprintf(INT64_FORMAT, DatumGetInt64(out[0])));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
-	}
-	CounterLeave(&scope);
+		CounterGetManyInt(&def, rsinfo, DatumGetArrayTypeP(keys), literal);
 	return (Datum) 0;
 }
 

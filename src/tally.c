@@ -179,6 +179,35 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 }
 
 /*
+ * Add delta to the key's row for this minute and slot: straight through the
+ * access methods when the row exists and the key is not big (tally_am.c),
+ * else through SQL in the private scope.  Either way a row reaching 2^40
+ * has the key's total checked.
+ */
+void
+CounterIncrement(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
+{
+	CounterScope scope;
+	int64		row;
+
+	if (!CounterNeedsCheck(delta) &&
+		CounterTallyAdd(def->id, key, bucket, CounterSlot(def), delta, &row))
+	{
+		if (CounterNeedsCheck(row))
+		{
+			CounterEnter(&scope);
+			CounterCheckTotal(def, key, 0);
+			CounterLeave(&scope);
+		}
+		CounterChangedNote(def->id, key);
+		return;
+	}
+	CounterEnter(&scope);
+	CounterApply(def, key, delta, bucket);
+	CounterLeave(&scope);
+}
+
+/*
  * The bigint id of a text key (inside the scope).  With create, a new key
  * gets the next id from counter.text_key_id_seq; ids are never reused, so the
  * mapping is stable.  Returns -1 for an unknown key without create.

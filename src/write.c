@@ -153,9 +153,7 @@ counter_incr(PG_FUNCTION_ARGS)
 		CounterCountStat(def.id, COUNTER_STAT_BUFFERED, 1);
 		PG_RETURN_BOOL(true);
 	}
-	CounterEnter(&scope);
-	CounterApply(&def, key, delta, bucket);
-	CounterLeave(&scope);
+	CounterIncrement(&def, key, delta, bucket);
 	CounterCountStat(def.id, CounterPathStat(&def), 1);
 	PG_RETURN_BOOL(true);
 }
