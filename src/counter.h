@@ -85,6 +85,7 @@ typedef struct CounterDef
 	int32		nspans;			/* trend spans and their weights */
 	int64		span_us[COUNTER_MAX_SPANS];
 	double		weight[COUNTER_MAX_SPANS];
+	bool		exports;		/* has a clickhouse_table (export_note.c) */
 } CounterDef;
 
 /* Saved state of CounterEnter, restored by CounterLeave. */
@@ -303,6 +304,12 @@ extern char *counter_redis_stream;
 extern char *counter_redis_stream_group;
 extern int	counter_redis_connect_timeout;
 extern int	counter_redis_command_timeout;
+extern char *counter_clickhouse_url;
+extern char *counter_clickhouse_user;
+extern char *counter_clickhouse_password;
+extern int	counter_clickhouse_interval;
+extern int	counter_clickhouse_timeout;
+extern int	counter_clickhouse_batch_size;
 extern void CounterGucInit(void);
 
 /* scope.c */
@@ -409,6 +416,15 @@ extern bool CounterEventRecord(const CounterDef *def, text *event, TimestampTz w
 extern bool CounterActorAllow(const CounterDef *def, text *actor, int64 key,
 							  TimestampTz when);
 extern int64 CounterPurgeLimits(TimestampTz now, int limit);
+
+/* export_note.c: backfills of exporting counters, noted with the write */
+extern void CounterExportNote(const CounterDef *def, int64 key, TimestampTz bucket, int16 slot);
+extern void CounterExportNoteBatch(int n, Datum *counter_ids, Datum *keys,
+								   Datum *buckets, int16 slot);
+
+/* export.c, clickhouse.c: the export step of the maintenance process */
+extern bool CounterExportActive(void);
+extern void CounterExportStepRun(void);
 
 /* rank.c */
 extern int64 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
