@@ -743,7 +743,7 @@ CREATE VIEW @extschema@.exports AS
 		CASE WHEN e.last_error IS NOT NULL AND e.failures > 0 THEN 'retrying'
 			WHEN e.frontier IS NULL THEN 'starting' ELSE 'exporting' END AS state,
 		e.since, e.frontier, e.settled,
-		pg_catalog.greatest(interval '0', pg_catalog.now() OPERATOR(pg_catalog.-)
+		GREATEST(interval '0', pg_catalog.now() OPERATOR(pg_catalog.-)
 			coalesce(e.frontier, e.since, d.created_at) OPERATOR(pg_catalog.-) interval '1 minute') AS lag,
 		(SELECT pg_catalog.count(*) FROM @extschema@.export_note n
 		 WHERE n.counter_id OPERATOR(pg_catalog.=) e.counter_id) AS backfills,

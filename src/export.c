@@ -34,9 +34,11 @@
  * - Rollups wait: compaction (compact.c) rolls an exporting counter's
  *   minutes up to hours only before the hour of its frontier and of its
  *   oldest note.  A note for a minute Postgres had rolled up before the
- *   backfill came (an hour or day row of that key covers it), or before
- *   the export began (since), cannot be sent with its full sum: it is
- *   counted in counter.exports.skipped and dropped.
+ *   backfill came (an hour or day row of that key covers it, or the day
+ *   is past day_retention) cannot be sent with its full sum: it is
+ *   counted in counter.exports.skipped and dropped.  A backfill into a
+ *   minute before the export began that nothing had rolled up (the key
+ *   had no count that hour) is complete, and is sent.
  *
  * A new export starts once every transaction that could have written
  * without seeing the counter's clickhouse_table has ended, at the oldest
@@ -99,6 +101,7 @@ typedef struct ExportHorizon
 /* One batch, read and not yet acknowledged. */
 typedef struct ExportBatch
 {
+	MemoryContext cxt;			/* outlives the transactions: the body, the notes */
 	StringInfoData body;
 	int			rows;			/* buckets in body */
 	int			resent;			/* of them, from notes */
@@ -218,8 +221,7 @@ CounterExportList(ExportDef **out, ExportHorizon *h, MemoryContext cxt)
 
 /*
  * Start an export (inside a transaction): its frontier at the oldest
- * minute the counter still has at minute resolution, or the horizon;
- * notes before it are of minutes ClickHouse will never have.
+ * minute the counter still has at minute resolution, or the horizon.
  */
 static void
 CounterExportStart(ExportDef *e, const ExportHorizon *h)
@@ -242,10 +244,6 @@ CounterExportStart(ExportDef *e, const ExportHorizon *h)
 	e->started = true;
 	e->has_key = false;
 	e->frontier = DatumGetTimestampTz(CounterExportCol(0, 1, &isnull));
-	values[1] = TimestampTzGetDatum(e->frontier);
-	if (SPI_execute_with_args("DELETE FROM counter.export_note WHERE counter_id = $1 AND minute < $2",
-							  2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "starting the export failed");
 }
 
 /* Append one bucket as a TabSeparated row (text keys escaped). */
@@ -301,14 +299,13 @@ CounterExportNotes(ExportBatch *b, const ExportDef *e, int limit)
 							  " (SELECT coalesce(sum(t.value), 0)::int8 FROM counter.tally t"
 							  "  WHERE t.counter_id = $1 AND t.key = n.key AND t.bucket = n.minute"
 							  "  AND " COUNTER_MINUTE_ROWS "),"
-							  " n.minute < x.since OR EXISTS (SELECT FROM counter.tally r"
+							  " EXISTS (SELECT FROM counter.tally r"
 							  "  WHERE r.counter_id = $1 AND r.key = n.key"
 							  "  AND ((r.slot = -2 AND r.bucket = date_trunc('hour', n.minute, 'UTC'))"
 							  "   OR (r.slot = -3 AND r.bucket = date_trunc('day', n.minute, 'UTC'))))"
 							  "  OR (d.day_retention > '0' AND n.minute < date_trunc('day', now() - d.day_retention, 'UTC')),"
 							  " coalesce(k.name, n.key::text)"
 							  " FROM counter.export_note n"
-							  " JOIN counter.export x ON x.counter_id = n.counter_id"
 							  " JOIN counter.definition d ON d.id = n.counter_id"
 							  " LEFT JOIN counter.text_key k ON d.key_type = 'text'"
 							  "  AND k.counter_id = n.counter_id AND k.id = n.key"
@@ -318,10 +315,10 @@ CounterExportNotes(ExportBatch *b, const ExportDef *e, int limit)
 							  4, argtypes, values, nulls, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the backfills of counter \"%s\" failed", e->name);
 	b->nnotes = (int) SPI_processed;
-	b->note_keys = palloc(sizeof(Datum) * Max(b->nnotes, 1));
-	b->note_minutes = palloc(sizeof(Datum) * Max(b->nnotes, 1));
-	b->note_slots = palloc(sizeof(Datum) * Max(b->nnotes, 1));
-	b->note_xids = palloc(sizeof(Datum) * Max(b->nnotes, 1));
+	b->note_keys = MemoryContextAlloc(b->cxt, sizeof(Datum) * Max(b->nnotes, 1));
+	b->note_minutes = MemoryContextAlloc(b->cxt, sizeof(Datum) * Max(b->nnotes, 1));
+	b->note_slots = MemoryContextAlloc(b->cxt, sizeof(Datum) * Max(b->nnotes, 1));
+	b->note_xids = MemoryContextAlloc(b->cxt, sizeof(Datum) * Max(b->nnotes, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -523,8 +520,8 @@ CounterExportFailed(ExportDef *e, const char *error)
  * a failure (recorded); *transport says the server could not be reached.
  */
 static int
-CounterExportBatchRun(ExportDef *e, const ExportHorizon *h, MemoryContext cxt,
-					  bool *transport)
+CounterExportBatchDo(ExportDef *e, const ExportHorizon *h, MemoryContext cxt,
+					 bool *transport)
 {
 	CounterScope scope;
 	ExportBatch b;
@@ -533,6 +530,7 @@ CounterExportBatchRun(ExportDef *e, const ExportHorizon *h, MemoryContext cxt,
 	int			limit = counter_clickhouse_batch_size;
 
 	memset(&b, 0, sizeof(b));
+	b.cxt = cxt;
 	initStringInfo(&b.body);
 	b.version = Max(GetCurrentTimestamp(), e->version + 1);
 	SetCurrentStatementStartTimestamp();
@@ -581,6 +579,22 @@ CounterExportBatchRun(ExportDef *e, const ExportHorizon *h, MemoryContext cxt,
 	e->frontier_key = b.frontier_key;
 	e->failures = 0;
 	return (b.full || b.nnotes >= Max(limit / 2, 1)) ? 1 : 0;
+}
+
+/* One batch in a memory context of its own, gone after it (see CounterExportBatchDo). */
+static int
+CounterExportBatchRun(ExportDef *e, const ExportHorizon *h, MemoryContext cxt,
+					  bool *transport)
+{
+	MemoryContext batch_cxt = AllocSetContextCreate(cxt, "counter export batch",
+													ALLOCSET_DEFAULT_SIZES);
+	int			rc;
+
+	MemoryContextSwitchTo(batch_cxt);
+	rc = CounterExportBatchDo(e, h, batch_cxt, transport);
+	MemoryContextSwitchTo(cxt);
+	MemoryContextDelete(batch_cxt);
+	return rc;
 }
 
 /*
