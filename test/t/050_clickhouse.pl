@@ -28,7 +28,7 @@ my $password = $ENV{CLICKHOUSE_PASSWORD};
 my $suffix = $$;
 my $tbl = "t050_$suffix";
 
-my $node = counter_node('clickhouse', "shared_preload_libraries = 'counter'",
+my $node = counter_node('clickhouse', "shared_preload_libraries = 'counter'", 'restart_after_crash = on',
 	"counter.flush_interval = '100ms'", "counter.compact_interval = '1s'",
 	'counter.rank_interval = 0', "counter.clickhouse_url = 'http://127.0.0.1:$port'",
 	"counter.clickhouse_user = 'counter'", "counter.clickhouse_password = '$password'",
@@ -71,9 +71,10 @@ $sql->(q{
 	CREATE TABLE ledger (counter text, key text, minute timestamptz, delta bigint);
 	GRANT INSERT ON ledger TO PUBLIC;
 	CREATE ROLE app LOGIN;
+	GRANT USAGE ON SCHEMA counter TO app;
 	GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA counter TO app;
 });
-for my $bad ('x;DROP TABLE t', 'a.b.c', '1abc', 'db.', "t\x{e9}", 'a' x 64)
+for my $bad ('x;DROP TABLE t', 'a.b.c', '1abc', 'db.', "t\xc3\xa9", 'a' x 64)
 {
 	my ($rc, $out, $err) = $node->psql('postgres',
 		"SELECT counter.alter('views', clickhouse_table => '$bad')", extra_params => [ '-v', 'VERBOSITY=verbose' ]);
