@@ -152,19 +152,19 @@ ok(wait_for(q{EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'counter
 ok(wait_for(q{(SELECT bool_and(frontier = date_trunc('minute', now(), 'UTC') AND backfills = 0
 	AND failures = 0) FROM counter.exports)}, 90), 'every export caught up, no backfill left');
 my $cut = $sql->(q{SELECT extract(epoch FROM min(frontier))::bigint FROM counter.exports});
-my $pg = $sql->(qq{
-	SELECT string_agg(format('%s|%s|%s|%s', counter, key, extract(epoch FROM minute)::bigint, s), E'\\n'
-		ORDER BY counter, key, minute)
+my @pg_lines = sort split /\n/, $sql->(qq{
+	SELECT string_agg(format('%s|%s|%s|%s', counter, key, extract(epoch FROM minute)::bigint, s), E'\\n')
 	FROM (SELECT counter, key, minute, sum(delta) AS s FROM ledger
 		WHERE minute < to_timestamp($cut) GROUP BY 1, 2, 3) l});
-my $ch = ch_query("SELECT counter, key, toUInt32(minute), value FROM $tbl FINAL"
-	  . " WHERE minute < toDateTime($cut) ORDER BY counter, key, minute FORMAT TSV");
-$ch =~ s/\\t/\t/g;
-$ch = join("\n", map { join('|', split /\t/, $_, 4) } split /\n/, $ch);
-my @pg_lines = split /\n/, $pg;
+my @ch_lines = sort map {
+	join('|', map { s/\\t/\t/gr =~ s/\\\\/\\/gr } split /\t/, $_, -1)
+} split /\n/, ch_query("SELECT counter, key, toUInt32(minute), value FROM $tbl FINAL"
+	  . " WHERE minute < toDateTime($cut) FORMAT TSV");
 ok(@pg_lines > 15000, 'the ledger has ' . scalar(@pg_lines) . ' buckets');
-ok($ch eq $pg, 'per (counter, key, minute) sums in ClickHouse equal the ledger')
-  or diag('ClickHouse ' . scalar(split /\n/, $ch) . ' rows, ledger ' . scalar(@pg_lines));
+my ($first_diff) = grep { ($pg_lines[$_] // '') ne ($ch_lines[$_] // '') } 0 .. $#pg_lines;
+ok(@ch_lines == @pg_lines && !defined $first_diff, 'per (counter, key, minute) sums in ClickHouse equal the ledger')
+  or diag('ClickHouse ' . scalar(@ch_lines) . ' rows, ledger ' . scalar(@pg_lines)
+	  . (defined $first_diff ? ", first difference: ledger '$pg_lines[$first_diff]', ClickHouse '" . ($ch_lines[$first_diff] // '') . "'" : ''));
 is(ch_query("SELECT count() FROM $tbl FINAL WHERE minute < toDateTime($cut)"), scalar(@pg_lines),
 	'one row per bucket after FINAL');
 is(ch_query("SELECT count() FROM (SELECT counter, key, minute, argMax(value, version) AS v FROM $tbl"
@@ -183,6 +183,8 @@ $sql->(q{SELECT counter.incr('views', 1, 1, at => now() - interval '10 minutes')
 ok(wait_for(q{EXISTS (SELECT FROM counter.worker_status() WHERE role = 'maintenance' AND state = 'exporting')}, 10),
 	'an export is waiting on the stopped server');
 sleep 2;
+# the next process starts with a 1 s timeout; this one is inside its 30 s request
+$sql->(q{ALTER SYSTEM SET counter.clickhouse_timeout = '1s'; SELECT pg_reload_conf()});
 $pid = maintenance_pid();
 my $t0 = time();
 $sql->("SELECT pg_terminate_backend($pid)");
@@ -193,7 +195,6 @@ while (time() - $t0 < 10)
 	usleep(50_000);
 }
 ok($gone && time() - $t0 < 3, sprintf('SIGTERM stopped the maintenance process in %.1f s during a 30 s request', time() - $t0));
-$sql->(q{ALTER SYSTEM SET counter.clickhouse_timeout = '1s'; SELECT pg_reload_conf()});
 ok(wait_for(q{EXISTS (SELECT FROM counter.exports WHERE last_error LIKE '%Timeout%')}, 30),
 	'a server that does not answer times out, with the error shown');
 kill 'CONT', $chpid;
