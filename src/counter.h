@@ -8,8 +8,10 @@
  * (buffer.c); the row protocol of counter.tally (tally.c); declared
  * counters (catalog.c) and the handle type (type.c); the SQL paths
  * (write.c, buffered.c, limits.c, read.c, stats.c); compaction (compact.c);
- * the sources (redis_*.c, source_apply.c, see counter_redis.h); and the
- * background worker (worker.c).  module.c only carries the module magic and
+ * the sources (redis_*.c, source_apply.c, see counter_redis.h); the
+ * ClickHouse export (export_note.c beside tally.c, export.c and its
+ * transport clickhouse.c, see counter_clickhouse.h); and the background
+ * worker (worker.c).  module.c only carries the module magic and
  * delegates _PG_init to them.
  */
 #ifndef COUNTER_H
