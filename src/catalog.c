@@ -50,12 +50,17 @@ typedef struct IdEntry
 static HTAB *by_id = NULL;
 static HTAB *by_name = NULL;
 
-/* The columns CounterDefFromTuple reads, in its order. */
+/*
+ * The columns CounterDefFromTuple reads, in its order.  clickhouse_table is
+ * read through the row's jsonb, because the upgrade script looks up
+ * counters before the step that adds that column.
+ */
 #define COUNTER_DEF_SELECT \
 	"SELECT id, name, mode, slots, key_type, owner::oid," \
 	" dedup_window, max_per_actor, rate_window, max_delta," \
-	" half_life, trend_spans, trend_weights, clickhouse_table IS NOT NULL" \
-	" FROM counter.definition"
+	" half_life, trend_spans, trend_weights," \
+	" (pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.->>) 'clickhouse_table') IS NOT NULL" \
+	" FROM counter.definition d"
 
 static SPIPlanPtr plan_by_id = NULL;
 static SPIPlanPtr plan_by_name = NULL;
