@@ -19,7 +19,7 @@ ISOLATION_OPTS = --use-existing
 PG_CPPFLAGS = -I$(srcdir)/src
 # Locals changed inside PG_TRY and read after a longjmp must be volatile.
 PG_CFLAGS = -Wclobbered
-SHLIB_LINK = -lhiredis -lrdkafka
+SHLIB_LINK = -lhiredis -lrdkafka -lcurl
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -703,3 +703,101 @@ AS 'MODULE_PATHNAME', 'counter_kafka_status' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.kafka_status() IS
 	'this database''s Kafka consumer: per partition the next offset to apply, the end last seen and the lag; its state and last error';
 REVOKE EXECUTE ON FUNCTION @extschema@.kafka_status() FROM PUBLIC;
+
+-- ClickHouse export ---------------------------------------------------------------
+-- A counter with a clickhouse_table has its settled minute buckets exported
+-- by the maintenance process into that ClickHouse table (src/export.c):
+-- counter.export holds each counter's frontier (every minute before it has
+-- been sent and acknowledged) and status; counter.export_note the buckets
+-- behind the frontier that a backfill changed since, to be sent again with
+-- their new sums.  Rollups of an exporting counter wait for both.
+ALTER TABLE @extschema@.definition
+	ADD COLUMN clickhouse_table text CHECK (clickhouse_table <> '');
+
+CREATE TABLE @extschema@.export (
+	counter_id integer PRIMARY KEY,
+	clickhouse_table text NOT NULL,
+	since timestamptz,			-- the first minute exported; NULL: not started
+	frontier timestamptz,		-- every minute before it (and of it, up to frontier_key) is exported
+	frontier_key bigint,
+	settled timestamptz,		-- minutes before this were settled at the last run
+	version bigint NOT NULL DEFAULT 0,	-- of the last acknowledged batch
+	batches bigint NOT NULL DEFAULT 0,
+	buckets bigint NOT NULL DEFAULT 0,
+	resent bigint NOT NULL DEFAULT 0,	-- buckets sent again after a backfill
+	skipped bigint NOT NULL DEFAULT 0,	-- backfilled buckets Postgres had already rolled up
+	last_export timestamptz,
+	failures integer NOT NULL DEFAULT 0,	-- in a row, for the backoff
+	retry_at timestamptz,
+	last_error text,
+	last_error_at timestamptz
+);
+COMMENT ON TABLE @extschema@.export IS
+	'per exporting counter: how far its minutes are in ClickHouse, and its last error';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.export', '');
+REVOKE ALL ON @extschema@.export FROM PUBLIC;
+
+CREATE TABLE @extschema@.export_note (
+	counter_id integer NOT NULL,
+	key bigint NOT NULL,
+	minute timestamptz NOT NULL,
+	slot smallint NOT NULL,
+	xid bigint NOT NULL,		-- the last transaction that noted it
+	PRIMARY KEY (counter_id, key, minute, slot)
+);
+CREATE INDEX export_note_minute ON @extschema@.export_note (counter_id, minute);
+COMMENT ON TABLE @extschema@.export_note IS
+	'minute buckets of exporting counters that a write reached after their minute had passed (a backfill)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.export_note', '');
+REVOKE ALL ON @extschema@.export_note FROM PUBLIC;
+
+CREATE OR REPLACE VIEW @extschema@.counters AS
+	SELECT d.name, d.id, d.mode, d.slots, d.key_type, d.redis_prefix,
+		d.dedup_window, d.max_per_actor, d.rate_window, d.max_delta,
+		d.minute_retention, d.hour_retention, d.day_retention,
+		d.half_life, d.trend_spans, d.trend_weights,
+		d.owner, d.created_at, d.redis_stream, d.kafka_topic, d.clickhouse_table
+	FROM @extschema@.definition AS d;
+
+DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text);
+CREATE FUNCTION @extschema@.alter(
+	counter @extschema@.counter,
+	mode text DEFAULT NULL,
+	slots integer DEFAULT NULL,
+	redis_prefix text DEFAULT NULL,
+	dedup_window interval DEFAULT NULL,
+	max_per_actor integer DEFAULT NULL,
+	rate_window interval DEFAULT NULL,
+	max_delta bigint DEFAULT NULL,
+	minute_retention interval DEFAULT NULL,
+	hour_retention interval DEFAULT NULL,
+	day_retention interval DEFAULT NULL,
+	half_life interval DEFAULT NULL,
+	trend_spans interval[] DEFAULT NULL,
+	trend_weights float8[] DEFAULT NULL,
+	redis_stream text DEFAULT NULL,
+	kafka_topic text DEFAULT NULL,
+	clickhouse_table text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text, text) IS
+	'change a counter''s settings online; arguments left null keep their value; an empty redis_prefix, redis_stream, kafka_topic or clickhouse_table stops that drain or export';
+REVOKE EXECUTE ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text, text) FROM PUBLIC;
+
+CREATE VIEW @extschema@.exports AS
+	SELECT d.name AS counter, e.clickhouse_table,
+		CASE WHEN e.last_error IS NOT NULL AND e.failures > 0 THEN 'retrying'
+			WHEN e.frontier IS NULL THEN 'starting' ELSE 'exporting' END AS state,
+		e.since, e.frontier, e.settled,
+		GREATEST(interval '0', pg_catalog.now() OPERATOR(pg_catalog.-)
+			coalesce(e.frontier, e.since, d.created_at) OPERATOR(pg_catalog.-) interval '1 minute') AS lag,
+		(SELECT pg_catalog.count(*) FROM @extschema@.export_note n
+		 WHERE n.counter_id OPERATOR(pg_catalog.=) e.counter_id) AS backfills,
+		e.batches, e.buckets, e.resent, e.skipped, e.last_export,
+		e.failures, e.retry_at, e.last_error, e.last_error_at
+	FROM @extschema@.export AS e
+	JOIN @extschema@.definition AS d ON d.id OPERATOR(pg_catalog.=) e.counter_id
+		AND d.clickhouse_table OPERATOR(pg_catalog.=) e.clickhouse_table;
+COMMENT ON VIEW @extschema@.exports IS
+	'every ClickHouse export: how far it is (frontier, lag: how long the oldest minute not yet in ClickHouse has been over), backfilled buckets to resend, its last error';
+GRANT SELECT ON @extschema@.exports TO PUBLIC;

@@ -50,12 +50,17 @@ typedef struct IdEntry
 static HTAB *by_id = NULL;
 static HTAB *by_name = NULL;
 
-/* The columns CounterDefFromTuple reads, in its order. */
+/*
+ * The columns CounterDefFromTuple reads, in its order.  clickhouse_table is
+ * read through the row's jsonb, because the upgrade script looks up
+ * counters before the step that adds that column.
+ */
 #define COUNTER_DEF_SELECT \
 	"SELECT id, name, mode, slots, key_type, owner::oid," \
 	" dedup_window, max_per_actor, rate_window, max_delta," \
-	" half_life, trend_spans, trend_weights" \
-	" FROM counter.definition"
+	" half_life, trend_spans, trend_weights," \
+	" (pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.->>) 'clickhouse_table') IS NOT NULL" \
+	" FROM counter.definition d"
 
 static SPIPlanPtr plan_by_id = NULL;
 static SPIPlanPtr plan_by_name = NULL;
@@ -233,6 +238,7 @@ CounterDefFromTuple(CounterDef *def)
 			def->weight[i] = wn[i] ? 0 : DatumGetFloat8(we[i]);
 		}
 	}
+	def->exports = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
 	/* never a zero divisor, whatever a hand edit left in the table */
 	if (def->rate_window_us <= 0)
 		def->rate_window_us = USECS_PER_MINUTE;
@@ -664,12 +670,78 @@ CounterCheckSourceName(const CounterDef *def, const char *column, const char *va
 }
 
 /*
+ * A ClickHouse table name as the export sends it: [database.]table, each
+ * part a plain identifier, so it goes into the INSERT unquoted and cannot
+ * carry anything else; 42602 otherwise.
+ */
+static void
+CounterCheckClickhouseTable(const char *name)
+{
+	const char *p = name;
+	int			parts = 0;
+
+	while (*p)
+	{
+		const char *start = p;
+
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_'))
+			break;
+		while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			   (*p >= '0' && *p <= '9') || *p == '_')
+			p++;
+		if (p - start > COUNTER_NAME_MAXLEN)
+			break;
+		parts++;
+		if (*p == '.' && parts == 1)
+			p++;
+		else
+			break;
+	}
+	if (*p != '\0' || parts == 0 || p[-1] == '.')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid clickhouse_table \"%s\"", name),
+				 errdetail("A ClickHouse table is named table or database.table, each a letter or underscore followed by up to 62 letters, digits or underscores."),
+				 errhint("An empty string stops the export.")));
+}
+
+/*
+ * Refuse a ClickHouse table that a counter of another owner exports to
+ * (inside the scope): an export writes the rows of its counter only, and
+ * no owner may overwrite another's.
+ */
+static void
+CounterCheckClickhouseOwner(const CounterDef *def, Datum table)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, OIDOID};
+	Datum		values[3];
+
+	values[0] = Int32GetDatum(def->id);
+	values[1] = table;
+	values[2] = ObjectIdGetDatum(def->owner);
+	if (SPI_execute_with_args("SELECT name FROM counter.definition"
+							  " WHERE id <> $1 AND owner::oid <> $3"
+							  " AND lower(clickhouse_table) = lower($2) ORDER BY id LIMIT 1",
+							  3, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "checking the clickhouse_table failed");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("clickhouse_table \"%s\" is exported to by counter \"%s\" of another owner",
+						TextDatumGetCString(table),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+				 errhint("Choose a clickhouse_table of your own.")));
+}
+
+/*
  * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
  * max_per_actor, rate_window, max_delta, minute_retention, hour_retention,
  * day_retention, half_life, trend_spans, trend_weights, redis_stream,
- * kafka_topic): change a counter's settings online; arguments left null
- * keep their value, and an empty redis_prefix, redis_stream or kafka_topic
- * stops that drain.
+ * kafka_topic, clickhouse_table): change a counter's settings online;
+ * arguments left null keep their value, and an empty redis_prefix,
+ * redis_stream, kafka_topic or clickhouse_table stops that drain or export.
+ * A new clickhouse_table starts its export afresh (counter.export); one
+ * that another owner's counter exports to is refused, as a Redis prefix is.
  * Every setting is checked first, so a refused alter changes nothing.
  * Every slot and mode writes the same tally rows, so no increment in
  * flight is lost whichever setting a concurrent writer still has cached.
@@ -677,18 +749,19 @@ CounterCheckSourceName(const CounterDef *def, const char *column, const char *va
 Datum
 counter_alter(PG_FUNCTION_ARGS)
 {
-#define COUNTER_ALTER_ARGS 16
+#define COUNTER_ALTER_ARGS 17
 	CounterDef	def;
 	CounterScope scope;
 	Oid			argtypes[COUNTER_ALTER_ARGS] = {INT4OID, TEXTOID, INT4OID, TEXTOID,
 		INTERVALOID, INT4OID, INTERVALOID, INT8OID,
 		INTERVALOID, INTERVALOID, INTERVALOID, INTERVALOID,
-	INTERVALARRAYOID, FLOAT8ARRAYOID, TEXTOID, TEXTOID};
+	INTERVALARRAYOID, FLOAT8ARRAYOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[COUNTER_ALTER_ARGS];
 	char		nulls[COUNTER_ALTER_ARGS];
 	bool		clear_prefix = false;
 	bool		clear_stream = false;
 	bool		clear_topic = false;
+	bool		clear_table = false;
 	int			i;
 
 	PreventCommandIfReadOnly("counter.alter()");
@@ -728,7 +801,18 @@ counter_alter(PG_FUNCTION_ARGS)
 						  nulls[13] == ' ' ? DatumGetArrayTypeP(values[13]) : NULL,
 						  &def);
 
+	if (nulls[16] == ' ')
+	{
+		char	   *table = TextDatumGetCString(values[16]);
+
+		clear_table = table[0] == '\0';
+		if (!clear_table)
+			CounterCheckClickhouseTable(table);
+	}
+
 	CounterEnter(&scope);
+	if (nulls[16] == ' ' && !clear_table)
+		CounterCheckClickhouseOwner(&def, values[16]);
 	if (nulls[3] == ' ')
 	{
 		char	   *prefix = TextDatumGetCString(values[3]);
@@ -768,12 +852,25 @@ counter_alter(PG_FUNCTION_ARGS)
 						 " trend_spans = coalesce($13, trend_spans),"
 						 " trend_weights = coalesce($14, trend_weights),"
 						 " redis_stream = %s,"
-						 " kafka_topic = %s"
+						 " kafka_topic = %s,"
+						 " clickhouse_table = %s"
 						 " WHERE id = $1",
 						 clear_prefix ? "NULL::text" : "coalesce($4, redis_prefix)",
 						 clear_stream ? "NULL::text" : "coalesce($15, redis_stream)",
-						 clear_topic ? "NULL::text" : "coalesce($16, kafka_topic)"),
+						 clear_topic ? "NULL::text" : "coalesce($16, kafka_topic)",
+						 clear_table ? "NULL::text" : "coalesce($17, clickhouse_table)"),
 				COUNTER_ALTER_ARGS, argtypes, values, nulls);
+	if (nulls[16] == ' ')
+	{
+		/* a new table starts afresh; none forgets the export and its notes */
+		CounterExec("DELETE FROM counter.export e USING counter.definition d"
+					" WHERE e.counter_id = $1 AND d.id = $1"
+					" AND d.clickhouse_table IS DISTINCT FROM e.clickhouse_table",
+					1, argtypes, values, nulls);
+		if (clear_table)
+			CounterExec("DELETE FROM counter.export_note WHERE counter_id = $1",
+						1, argtypes, values, nulls);
+	}
 	CounterLeave(&scope);
 	CommandCounterIncrement();
 	PG_RETURN_VOID();
@@ -791,7 +888,8 @@ counter_drop(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1];
 	static const char *const per_counter[] = {
-		"tally", "text_key", "event_seen", "actor_rate", "ranking", "ranking_state", "sync"
+		"tally", "text_key", "event_seen", "actor_rate", "ranking", "ranking_state", "sync",
+		"export", "export_note"
 	};
 	int			i;
 

@@ -31,8 +31,19 @@ PG_FUNCTION_INFO_V1(counter_compact);
  *	3. hour rows older than its hour_retention -> day rows;
  *	4. day rows older than its day_retention (0: never) -> the key's base row
  *	   (bucket -infinity), which keeps the all-time total.
- * Cut-offs are whole UTC units; `d` is the counter's definition row.
+ * Cut-offs are whole UTC units; `d` is the counter's definition row.  A
+ * counter that exports to ClickHouse rolls up no minute at or after its
+ * export frontier or its oldest backfill note (export.c): those are not in
+ * ClickHouse yet.
  */
+#define COUNTER_EXPORT_HOLD \
+	"CASE WHEN d.clickhouse_table IS NULL THEN $1 - d.minute_retention" \
+	" ELSE least($1 - d.minute_retention, coalesce((SELECT least(e.frontier," \
+	"  (SELECT min(n.minute) FROM counter.export_note n WHERE n.counter_id = d.id))" \
+	"  FROM counter.export e WHERE e.counter_id = d.id" \
+	"  AND e.clickhouse_table = d.clickhouse_table AND e.frontier IS NOT NULL)," \
+	"  '-infinity')) END"
+
 typedef struct CompactStep
 {
 	const char *pred;
@@ -45,7 +56,7 @@ static const CompactStep compact_steps[] = {
 	{"(t.slot >= 0 OR t.slot = -4)",
 		"date_trunc('minute', $1 - interval '2 minutes', 'UTC')",
 	"date_trunc('minute', bucket, 'UTC')", COUNTER_SLOT_MINUTE},
-	{"t.slot = -1", "date_trunc('hour', $1 - d.minute_retention, 'UTC')",
+	{"t.slot = -1", "date_trunc('hour', " COUNTER_EXPORT_HOLD ", 'UTC')",
 	"date_trunc('hour', bucket, 'UTC')", COUNTER_SLOT_HOUR},
 	{"t.slot = -2", "date_trunc('day', $1 - d.hour_retention, 'UTC')",
 	"date_trunc('day', bucket, 'UTC')", COUNTER_SLOT_DAY},

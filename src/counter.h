@@ -9,8 +9,10 @@
  * paths through the access methods (tally_am.c); declared
  * counters (catalog.c) and the handle type (type.c); the SQL paths
  * (write.c, buffered.c, limits.c, read.c, stats.c); compaction (compact.c);
- * the sources (redis_*.c, source_apply.c, see counter_redis.h); and the
- * background worker (worker.c).  module.c only carries the module magic and
+ * the sources (redis_*.c, source_apply.c, see counter_redis.h); the
+ * ClickHouse export (export_note.c beside tally.c, export.c and its
+ * transport clickhouse.c, see counter_clickhouse.h); and the background
+ * worker (worker.c).  module.c only carries the module magic and
  * delegates _PG_init to them.
  */
 #ifndef COUNTER_H
@@ -86,6 +88,7 @@ typedef struct CounterDef
 	int32		nspans;			/* trend spans and their weights */
 	int64		span_us[COUNTER_MAX_SPANS];
 	double		weight[COUNTER_MAX_SPANS];
+	bool		exports;		/* has a clickhouse_table (export_note.c) */
 } CounterDef;
 
 /* Saved state of CounterEnter, restored by CounterLeave. */
@@ -312,6 +315,12 @@ extern char *counter_kafka_options;
 extern int	counter_kafka_batch_size;
 extern int	counter_redis_connect_timeout;
 extern int	counter_redis_command_timeout;
+extern char *counter_clickhouse_url;
+extern char *counter_clickhouse_user;
+extern char *counter_clickhouse_password;
+extern int	counter_clickhouse_interval;
+extern int	counter_clickhouse_timeout;
+extern int	counter_clickhouse_batch_size;
 extern void CounterGucInit(void);
 
 /* scope.c */
@@ -430,6 +439,16 @@ extern bool CounterEventRecord(const CounterDef *def, text *event, TimestampTz w
 extern bool CounterActorAllow(const CounterDef *def, text *actor, int64 key,
 							  TimestampTz when);
 extern int64 CounterPurgeLimits(TimestampTz now, int limit);
+
+/* export_note.c: backfills of exporting counters, noted with the write */
+extern bool CounterExportNoteNeeded(const CounterDef *def, TimestampTz bucket);
+extern void CounterExportNote(const CounterDef *def, int64 key, TimestampTz bucket, int16 slot);
+extern void CounterExportNoteBatch(int n, Datum *counter_ids, Datum *keys,
+								   Datum *buckets, int16 slot);
+
+/* export.c, clickhouse.c: the export step of the maintenance process */
+extern bool CounterExportActive(void);
+extern void CounterExportStepRun(void);
 
 /* rank.c */
 extern int64 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,

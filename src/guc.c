@@ -1,6 +1,6 @@
 /*
  * guc.c
- *		Every counter.* setting, the Redis ones included.
+ *		Every counter.* setting, the Redis and ClickHouse ones included.
  */
 #include "counter.h"
 
@@ -28,6 +28,12 @@ char	   *counter_kafka_brokers = NULL;
 char	   *counter_kafka_group = NULL;
 char	   *counter_kafka_options = NULL;
 int			counter_kafka_batch_size = 10000;
+char	   *counter_clickhouse_url = NULL;
+char	   *counter_clickhouse_user = NULL;
+char	   *counter_clickhouse_password = NULL;
+int			counter_clickhouse_interval = 10000;
+int			counter_clickhouse_timeout = 5000;
+int			counter_clickhouse_batch_size = 100000;
 
 /* Define every counter.* setting and reserve the prefix. */
 void
@@ -175,6 +181,41 @@ CounterGucInit(void)
 							NULL,
 							&counter_kafka_batch_size,
 							10000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+
+	DefineCustomStringVariable("counter.clickhouse_url",
+							   "ClickHouse HTTP interface the maintenance process exports minute buckets to, as http://host:port.",
+							   "Empty turns the export off; counters choose their table with counter.alter(c, clickhouse_table => ...).",
+							   &counter_clickhouse_url, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.clickhouse_user",
+							   "ClickHouse user the export authenticates as.",
+							   NULL,
+							   &counter_clickhouse_user, "default",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("counter.clickhouse_password",
+							   "Password of counter.clickhouse_user.",
+							   "Readable by superusers only.",
+							   &counter_clickhouse_password, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.clickhouse_interval",
+							"How often the maintenance process exports settled minutes to ClickHouse.",
+							"A settled minute is in ClickHouse within about this time; failures back off from it.",
+							&counter_clickhouse_interval,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.clickhouse_timeout",
+							"Timeout of one request to ClickHouse, connecting included.",
+							NULL,
+							&counter_clickhouse_timeout,
+							5000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("counter.clickhouse_batch_size",
+							"Minute buckets sent to ClickHouse per request.",
+							"Each request is one batch, acknowledged before the next.",
+							&counter_clickhouse_batch_size,
+							100000, 1, 10000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("counter");

@@ -2,8 +2,8 @@
  * maintenance.c
  *		The maintenance process of a database: compaction and rollups,
  *		retention, the purge of expired event ids and rate windows, the
- *		ranking refresh top() reads, and the syncs into application tables,
- *		each a step with its own interval.
+ *		ranking refresh top() reads, the syncs into application tables and
+ *		the export to ClickHouse, each a step with its own interval.
  *
  * One per served database, started by the launcher once the database's
  * ingest process found the extension.  It runs apart from ingest, so no
@@ -31,6 +31,7 @@ PGDLLEXPORT void CounterMaintenanceMain(Datum arg);
 static CounterDbSlot *my_slot = NULL;
 static int64 step_items = 0;
 static TimestampTz last_sync = 0;
+static TimestampTz last_export = 0;
 static const char *step_state = "idle";	/* what a step in progress shows */
 
 /*
@@ -64,6 +65,48 @@ CounterSyncIfDue(void)
 	running = false;
 	MemoryContextSwitchTo(cxt);
 	CounterProcState(step_state);
+}
+
+/*
+ * Run the ClickHouse export if it is due: like the syncs, from the main
+ * loop and between the transactions of a long pass.  Outside any
+ * transaction.
+ */
+static void
+CounterExportIfDue(void)
+{
+	static bool running = false;
+	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (running || counter_clickhouse_url[0] == '\0' ||
+		now - last_export < (int64) counter_clickhouse_interval * 1000)
+		return;
+	running = true;
+	last_export = now;
+	PG_TRY();
+	{
+		CounterExportStepRun();
+	}
+	PG_CATCH();
+	{
+		running = false;
+		if (counter_shutdown_requested)
+			PG_RE_THROW();
+		CounterReportFailure("export", cxt);
+	}
+	PG_END_TRY();
+	running = false;
+	MemoryContextSwitchTo(cxt);
+	CounterProcState(step_state);
+}
+
+/* Between two transactions of a long step: the syncs and the export, if due. */
+static void
+CounterBetweenSteps(void)
+{
+	CounterSyncIfDue();
+	CounterExportIfDue();
 }
 
 /* Compaction, rollups, retention and purge, in batches of 10,000 rows. */
@@ -210,7 +253,7 @@ CounterRankStepRun(void)
 		else
 			step_items += changed_rows;
 		pfree(keys);
-		CounterSyncIfDue();
+		CounterBetweenSteps();
 	}
 	/* what was not reached before a shutdown is taken again after it */
 	if (c < nchanged)
@@ -249,7 +292,7 @@ CounterMaintenanceMain(Datum arg)
 	my_slot = CounterSlotFor(dbid);
 	if (my_slot == NULL || !CounterProcAttach(my_slot, COUNTER_ROLE_MAINTENANCE))
 		proc_exit(0);
-	counter_compact_yield_hook = CounterSyncIfDue;
+	counter_compact_yield_hook = CounterBetweenSteps;
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "counter maintenance round",
 									 ALLOCSET_DEFAULT_SIZES);
 	while (!counter_shutdown_requested)
@@ -285,6 +328,8 @@ CounterMaintenanceMain(Datum arg)
 		}
 		step_state = "syncing";
 		CounterGuardedStep("sync", CounterSyncIfDue);
+		step_state = "exporting";
+		CounterGuardedStep("export", CounterExportIfDue);
 		step_state = "idle";
 		CounterProcRound(now, step_items);
 		CounterProcState("idle");
@@ -295,6 +340,8 @@ CounterMaintenanceMain(Datum arg)
 		wait_ms = Min(CounterStepWait(now, last_compact, counter_compact_interval),
 					  CounterStepWait(now, last_rank, counter_rank_interval));
 		wait_ms = Min(wait_ms, CounterStepWait(now, last_sync, COUNTER_SYNC_STEP_MS));
+		if (counter_clickhouse_url[0] != '\0')
+			wait_ms = Min(wait_ms, CounterStepWait(now, last_export, counter_clickhouse_interval));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(wait_ms, 10L), PG_WAIT_EXTENSION);
 	}

@@ -176,6 +176,7 @@ CounterApply(const CounterDef *def, int64 key, int64 delta, TimestampTz bucket)
 	if (!checked && (marked || CounterNeedsCheck(row)))
 		CounterCheckTotal(def, key, 0);
 	CounterChangedNote(def->id, key);
+	CounterExportNote(def, key, bucket, DatumGetInt16(values[3]));
 }
 
 /*
@@ -190,7 +191,8 @@ CounterIncrement(const CounterDef *def, int64 key, int64 delta, TimestampTz buck
 	CounterScope scope;
 	int64		row;
 
-	if (!CounterNeedsCheck(delta) &&
+	/* a backfill the export must note takes the SQL path, which notes it */
+	if (!CounterNeedsCheck(delta) && !CounterExportNoteNeeded(def, bucket) &&
 		CounterTallyAdd(def->id, key, bucket, CounterSlot(def), delta, &row))
 	{
 		if (CounterNeedsCheck(row))
@@ -446,5 +448,6 @@ CounterApplyBatch(const CounterDef *def, int n, Datum *counter_ids, Datum *keys,
 		CounterGetById(check_ids[j], &def);
 		CounterCheckTotal(&def, check_keys[j], 0);
 	}
+	CounterExportNoteBatch(n, counter_ids, keys, buckets, slot);
 	return written;
 }

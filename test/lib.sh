@@ -24,6 +24,7 @@
 #   counter_pg_restart            restart it (settings read at start-up)
 #   counter_pg_stop               stop it, if running
 #   counter_redis_start / _stop   a private redis-server, as $REDIS_PORT
+#   counter_clickhouse_start / _stop  a private clickhouse-server, as $CLICKHOUSE_HTTP_PORT
 #   counter_node_pg               node-postgres from npm, as $COUNTER_NODE_PATH
 #   counter_old_release           the last release in a copy of PostgreSQL, as $COUNTER_OLD_ROOT
 #   counter_kafka_start / _stop   a Kafka mock cluster (librdkafka's), as $KAFKA_BROKERS
@@ -48,7 +49,7 @@ COUNTER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COUNTER_PACKAGES=(build-essential postgresql-15 postgresql-server-dev-15
 	postgresql-contrib libhiredis-dev redis-server libipc-run-perl sqlsmith
 	python3-psycopg python3-psycopg2 python3-asyncpg pgbouncer
-	librdkafka-dev kcat)
+	librdkafka-dev kcat libcurl4-openssl-dev clickhouse-server clickhouse-client curl)
 
 # Print a progress message.
 counter_say() {
@@ -151,7 +152,7 @@ counter_as_pg() {
 
 	for name in $(compgen -e); do
 		case $name in
-		PG* | REDIS_* | KAFKA_* | COUNTER_*) vars+=("$name=${!name}") ;;
+		PG* | REDIS_* | KAFKA_* | CLICKHOUSE_* | COUNTER_*) vars+=("$name=${!name}") ;;
 		esac
 	done
 	if ((EUID != 0)); then
@@ -429,9 +430,111 @@ counter_kafka_stop() {
 	kill -KILL "$pid" 2>/dev/null || true
 }
 
+# The pid of our private clickhouse-server, if it runs.
+counter_clickhouse_pid() {
+	local pidfile=${COUNTER_WORK:-/nonexistent}/clickhouse/clickhouse.pid pid
+	[[ -f $pidfile ]] || return 1
+	pid=$(cat "$pidfile")
+	[[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == clickhouse* ]] || return 1
+	echo "$pid"
+}
+
+# Write the config of a private clickhouse-server into $1: loopback only,
+# the ports given, small caches and memory limits (the machine is shared),
+# UTC, and two users: default (no password) and counter (password
+# $CLICKHOUSE_PASSWORD), both from 127.0.0.1 only.
+counter_clickhouse_config() {
+	local dir=$1 http=$2 tcp=$3 inter=$4
+	cat >"$dir/config.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$dir/log/server.log</log><errorlog>$dir/log/error.log</errorlog><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>$http</http_port>
+  <tcp_port>$tcp</tcp_port>
+  <interserver_http_port>$inter</interserver_http_port>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>33554432</mark_cache_size>
+  <uncompressed_cache_size>0</uncompressed_cache_size>
+  <max_server_memory_usage>1000000000</max_server_memory_usage>
+  <max_concurrent_queries>16</max_concurrent_queries>
+  <mlock_executable>false</mlock_executable>
+</yandex>
+XML
+	cat >"$dir/users.xml" <<XML
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>400000000</max_memory_usage><max_threads>2</max_threads></default></profiles>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default>
+    <counter><password>$CLICKHOUSE_PASSWORD</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></counter>
+  </users>
+  <quotas><default></default></quotas>
+</yandex>
+XML
+}
+
+# Start a private clickhouse-server as the pg user, on free loopback ports,
+# with its config and data under $COUNTER_WORK/clickhouse (kept across a
+# restart: counter_clickhouse_start again after _stop reuses the ports and
+# the data).  Exports CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT and
+# CLICKHOUSE_PASSWORD (of user counter).
+counter_clickhouse_start() {
+	local dir pid try
+
+	counter_workdir
+	dir=$COUNTER_WORK/clickhouse
+	counter_clickhouse_pid >/dev/null && counter_die "the private clickhouse-server is already running"
+	export CLICKHOUSE_PASSWORD=${CLICKHOUSE_PASSWORD:-counter-test-password}
+	counter_as_pg mkdir -p "$dir/log" "$dir/data" "$dir/tmp"
+	for try in 1 2 3; do
+		if [[ ! -f $dir/config.xml || $try -gt 1 ]]; then
+			CLICKHOUSE_HTTP_PORT=$(counter_free_port)
+			CLICKHOUSE_TCP_PORT=$(counter_free_port)
+			CLICKHOUSE_INTER_PORT=$(counter_free_port)
+			export CLICKHOUSE_HTTP_PORT CLICKHOUSE_TCP_PORT CLICKHOUSE_INTER_PORT
+			counter_as_pg bash -c "$(declare -f counter_clickhouse_config); counter_clickhouse_config \"\$@\"" _ \
+				"$dir" "$CLICKHOUSE_HTTP_PORT" "$CLICKHOUSE_TCP_PORT" "$CLICKHOUSE_INTER_PORT"
+		fi
+		counter_as_pg bash -c 'cd "$1" && exec clickhouse-server --config-file="$1/config.xml" >>"$1/log/stdout.log" 2>&1 & echo $! >"$1/clickhouse.pid"' _ "$dir"
+		for _ in {1..300}; do
+			if [[ $(curl -s "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" 2>/dev/null) == Ok. ]]; then
+				counter_say "started clickhouse-server on port $CLICKHOUSE_HTTP_PORT"
+				return 0
+			fi
+			pid=$(counter_clickhouse_pid) || break
+			sleep 0.1
+		done
+		tail -n 5 "$dir/log/error.log" >&2 2>/dev/null || true
+		counter_clickhouse_stop
+		counter_say "clickhouse-server did not start on port $CLICKHOUSE_HTTP_PORT (try $try of 3)"
+	done
+	counter_die "clickhouse-server did not start"
+}
+
+# Stop our private clickhouse-server if it runs: SIGTERM, then SIGKILL.
+counter_clickhouse_stop() {
+	local pid
+	pid=$(counter_clickhouse_pid) || return 0
+	kill "$pid" 2>/dev/null || true
+	for _ in {1..150}; do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
 # Stop everything this library started; never fails, so it suits a trap.
 counter_cleanup() {
 	counter_kafka_stop || true
+	counter_clickhouse_stop || true
 	counter_redis_stop || true
 	counter_pg_stop || true
 }
