@@ -429,29 +429,8 @@ CREATE OR REPLACE VIEW @extschema@.counters AS
 		d.owner, d.created_at, d.redis_stream, d.kafka_topic
 	FROM @extschema@.definition AS d;
 
-DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]);
-CREATE FUNCTION @extschema@.alter(
-	counter @extschema@.counter,
-	mode text DEFAULT NULL,
-	slots integer DEFAULT NULL,
-	redis_prefix text DEFAULT NULL,
-	dedup_window interval DEFAULT NULL,
-	max_per_actor integer DEFAULT NULL,
-	rate_window interval DEFAULT NULL,
-	max_delta bigint DEFAULT NULL,
-	minute_retention interval DEFAULT NULL,
-	hour_retention interval DEFAULT NULL,
-	day_retention interval DEFAULT NULL,
-	half_life interval DEFAULT NULL,
-	trend_spans interval[] DEFAULT NULL,
-	trend_weights float8[] DEFAULT NULL,
-	redis_stream text DEFAULT NULL,
-	kafka_topic text DEFAULT NULL)
-RETURNS void
-AS 'MODULE_PATHNAME', 'counter_alter' LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text) IS
-	'change a counter''s settings online; arguments left null keep their value; an empty redis_prefix, redis_stream or kafka_topic stops that drain';
-REVOKE EXECUTE ON FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text) FROM PUBLIC;
+-- counter.alter() gains redis_stream, kafka_topic and clickhouse_table:
+-- see the ClickHouse export section below.
 
 INSERT INTO @extschema@.quarantine (source, origin, item, value, reason, at)
 	SELECT CASE WHEN q.redis_key LIKE '%/%-%' THEN 'redis stream' ELSE 'redis' END,
@@ -759,7 +738,7 @@ CREATE OR REPLACE VIEW @extschema@.counters AS
 		d.owner, d.created_at, d.redis_stream, d.kafka_topic, d.clickhouse_table
 	FROM @extschema@.definition AS d;
 
-DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[], text, text);
+DROP FUNCTION @extschema@.alter(@extschema@.counter, text, integer, text, interval, integer, interval, bigint, interval, interval, interval, interval, interval[], float8[]);
 CREATE FUNCTION @extschema@.alter(
 	counter @extschema@.counter,
 	mode text DEFAULT NULL,
