@@ -30,6 +30,7 @@
 #include "counter.h"
 
 #include "access/transam.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -155,6 +156,38 @@ CounterUnlockAll(void)
 }
 
 /*
+ * The count of buffer entries that (database, counter) shares its bucket
+ * of counter_entries with: zero means the counter has none, so a read can
+ * skip looking its keys up.  An entry is counted before it can hold any
+ * amount and uncounted only when it is removed.
+ */
+static pg_atomic_uint32 *
+CounterEntriesOf(Oid dbid, int32 counter_id)
+{
+	uint32		h = hash_combine(murmurhash32((uint32) dbid), murmurhash32((uint32) counter_id));
+
+	return &counter_shared->counter_entries[h % COUNTER_ENTRY_COUNTS];
+}
+
+/* Whether counter_id of this database may have entries in the buffer. */
+static bool
+CounterMayHaveEntries(int32 counter_id)
+{
+	return pg_atomic_read_u32(CounterEntriesOf(MyDatabaseId, counter_id)) != 0;
+}
+
+/* Remove an entry, under its partition lock held exclusive. */
+static void
+CounterBufRemove(CounterBufEntry *entry)
+{
+	pg_atomic_uint32 *count = CounterEntriesOf(entry->key.dbid, entry->key.counter_id);
+
+	hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
+	pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+	pg_atomic_fetch_sub_u32(count, 1);
+}
+
+/*
  * Find the entry of (counter, key) in this database, making it (if create)
  * when there is room under counter.buffer_keys.  Returns with the entry's
  * partition lock held, in *lock (shared, or exclusive if it had to look
@@ -199,6 +232,7 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
 		return NULL;
 	}
+	pg_atomic_fetch_add_u32(CounterEntriesOf(MyDatabaseId, counter_id), 1);
 	SpinLockInit(&entry->mutex);
 	pg_atomic_init_u32(&entry->changecount, 0);
 	entry->big = false;
@@ -308,6 +342,29 @@ CounterInflightUnseen(TransactionId xid, Snapshot snapshot)
 	return !TransactionIdDidCommit(xid);
 }
 
+/* Copy an entry's minute slots and fold xid, as one consistent read. */
+static void
+CounterEntryCopy(CounterBufEntry *entry, TimestampTz *b, int64 *pending,
+				 int64 *inflight, TransactionId *xid)
+{
+	uint32		before;
+	int			i;
+
+	do
+	{
+		before = CounterEntryReadBegin(entry);
+		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
+		{
+			volatile CounterBufSlot *s = &entry->slots[i];
+
+			b[i] = s->bucket;
+			pending[i] = s->pending;
+			inflight[i] = s->inflight;
+		}
+		*xid = entry->fold_xid;
+	} while (!CounterEntryReadEnd(entry, before));
+}
+
 /*
  * What the buffer holds for (counter, key), per minute slot, as seen from
  * snapshot: pending, plus inflight that the snapshot cannot see in the
@@ -329,7 +386,7 @@ CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot,
 	int			n = 0;
 	int			i;
 
-	if (!CounterShmemReady())
+	if (!CounterShmemReady() || !CounterMayHaveEntries(counter_id))
 		return 0;
 	entry = CounterBufLookup(counter_id, key, false, &lock, &is_new);
 	if (entry == NULL)
@@ -337,23 +394,7 @@ CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot,
 		LWLockRelease(lock);
 		return 0;
 	}
-	{
-		uint32		before;
-
-		do
-		{
-			before = CounterEntryReadBegin(entry);
-			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-			{
-				volatile CounterBufSlot *s = &entry->slots[i];
-
-				b[i] = s->bucket;
-				pending[i] = s->pending;
-				inflight[i] = s->inflight;
-			}
-			xid = entry->fold_xid;
-		} while (!CounterEntryReadEnd(entry, before));
-	}
+	CounterEntryCopy(entry, b, pending, inflight, &xid);
 	LWLockRelease(lock);
 
 	unseen = CounterInflightUnseen(xid, snapshot);
@@ -367,6 +408,115 @@ CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot,
 		amounts[n++] = amount;
 	}
 	return n;
+}
+
+/*
+ * Add what the buffer holds for each of n keys of a counter, in every
+ * bucket, as seen from snapshot, to totals[] (skipping keys whose skip[]
+ * is set); false, with totals[] partly added, at a total past bigint.
+ * Each partition's lock is taken once for all the keys that hash to it.
+ */
+bool
+CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
+					  const bool *skip, Snapshot snapshot, int64 *totals)
+{
+	uint32	   *hashes;
+	int		   *order;
+	int128	   *pending;
+	int128	   *inflight;
+	TransactionId *xids;
+	int			starts[COUNTER_PARTITIONS + 1] = {0};
+	int			fill[COUNTER_PARTITIONS];
+	int			p;
+	int			i;
+	bool		ok = true;
+
+	if (!CounterShmemReady() || n == 0 || !CounterMayHaveEntries(counter_id))
+		return true;
+	hashes = palloc(sizeof(uint32) * n);
+	order = palloc(sizeof(int) * n);
+	pending = inflight = NULL;
+	xids = NULL;
+	/* the keys' places, grouped by partition (a counting sort) */
+	for (i = 0; i < n; i++)
+	{
+		CounterBufKey k;
+
+		memset(&k, 0, sizeof(k));
+		k.dbid = MyDatabaseId;
+		k.counter_id = counter_id;
+		k.key = keys[i];
+		hashes[i] = get_hash_value(buffer_hash, &k);
+		starts[hashes[i] % COUNTER_PARTITIONS + 1]++;
+	}
+	for (p = 0; p < COUNTER_PARTITIONS; p++)
+		starts[p + 1] += starts[p];
+	memcpy(fill, starts, sizeof(fill));
+	for (i = 0; i < n; i++)
+		order[fill[hashes[i] % COUNTER_PARTITIONS]++] = i;
+
+	/* each partition's keys under one hold of its lock */
+	for (p = 0; p < COUNTER_PARTITIONS; p++)
+	{
+		int			j;
+
+		if (starts[p] == starts[p + 1])
+			continue;
+		LWLockAcquire(counter_shared->partition_locks[p], LW_SHARED);
+		for (j = starts[p]; j < starts[p + 1]; j++)
+		{
+			CounterBufKey k;
+			CounterBufEntry *entry;
+			TimestampTz b[COUNTER_BUF_SLOTS];
+			int64		pend[COUNTER_BUF_SLOTS];
+			int64		infl[COUNTER_BUF_SLOTS];
+			int			s;
+
+			i = order[j];
+			if (skip != NULL && skip[i])
+				continue;
+			memset(&k, 0, sizeof(k));
+			k.dbid = MyDatabaseId;
+			k.counter_id = counter_id;
+			k.key = keys[i];
+			entry = hash_search_with_hash_value(buffer_hash, &k, hashes[i], HASH_FIND, NULL);
+			if (entry == NULL)
+				continue;
+			if (pending == NULL)
+			{
+				pending = palloc0(sizeof(int128) * n);
+				inflight = palloc0(sizeof(int128) * n);
+				xids = palloc0(sizeof(TransactionId) * n);
+			}
+			CounterEntryCopy(entry, b, pend, infl, &xids[i]);
+			for (s = 0; s < COUNTER_BUF_SLOTS; s++)
+			{
+				pending[i] += pend[s];
+				inflight[i] += infl[s];
+			}
+		}
+		LWLockRelease(counter_shared->partition_locks[p]);
+	}
+
+	/* what the snapshot cannot see yet, with no lock held */
+	for (i = 0; i < n && ok && pending != NULL; i++)
+	{
+		int128		t = (int128) totals[i] + pending[i];
+
+		if (inflight[i] != 0 && CounterInflightUnseen(xids[i], snapshot))
+			t += inflight[i];
+		ok = t <= PG_INT64_MAX && t >= PG_INT64_MIN;
+		totals[i] = (int64) t;
+	}
+	pfree(hashes);
+	pfree(order);
+	if (pending != NULL)
+	{
+		pfree(pending);
+		pfree(inflight);
+		pfree(xids);
+	}
+	return ok;
 }
 
 /*
@@ -610,8 +760,7 @@ CounterBufEvict(int64 keep_cache_us)
 				idle = false;
 			if (idle && !entry->big)
 			{
-				hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
-				pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+				CounterBufRemove(entry);
 				evicted++;
 			}
 		}
@@ -719,8 +868,7 @@ CounterBufForgetDatabase(Oid dbid)
 	{
 		if (entry->key.dbid != dbid)
 			continue;
-		hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
-		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
+		CounterBufRemove(entry);
 	}
 	CounterUnlockAll();
 }

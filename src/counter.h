@@ -44,6 +44,7 @@
 
 #define COUNTER_PARTITIONS 16	/* power of two */
 #define COUNTER_BUF_SLOTS 2
+#define COUNTER_ENTRY_COUNTS 1024	/* buckets of counter_entries */
 
 /*
  * Slot numbers in counter.tally: writers use 0..slots-1; rows made by the
@@ -282,6 +283,8 @@ typedef struct CounterShared
 	LWLock	   *partition_locks[COUNTER_PARTITIONS];
 	LWLock	   *stats_lock;
 	pg_atomic_uint32 nentries;
+	/* buffer entries per (database, counter), summed over a hash of the pair */
+	pg_atomic_uint32 counter_entries[COUNTER_ENTRY_COUNTS];
 	TimestampTz started_at;
 
 	slock_t		mutex;
@@ -368,6 +371,9 @@ extern int	CounterBufPendingSlots(int32 counter_id, int64 key, Snapshot snapshot
 								   TimestampTz *buckets, int64 *amounts);
 extern int64 CounterBufPending(int32 counter_id, int64 key, TimestampTz from,
 							   TimestampTz to, Snapshot snapshot);
+extern bool CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
+								  const bool *skip, Snapshot snapshot,
+								  int64 *totals);
 extern bool CounterCacheGet(int32 counter_id, int64 key, int64 max_age_us,
 							int64 *value);
 extern void CounterCachePut(int32 counter_id, int64 key, int64 value,

@@ -191,30 +191,42 @@ static void
 CounterGetManyInt(const CounterDef *def, ReturnSetInfo *rsinfo, ArrayType *arr,
 				  bool literal)
 {
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
+	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	bool	   *nulls = NULL;
 	int64	   *ids;
-	int64	   *sums;
+	int64	   *sums = palloc(sizeof(int64) * Max(n, 1));
 	int			i;
 
-	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, &nulls, &n);
-	ids = palloc(sizeof(int64) * Max(n, 1));
-	sums = palloc(sizeof(int64) * Max(n, 1));
-	for (i = 0; i < n; i++)
-		ids[i] = nulls[i] ? 0 : DatumGetInt64(elems[i]);
-	if (!CounterTallySums(def->id, n, ids, sums))
+	if (ARR_ELEMTYPE(arr) != INT8OID)
+		elog(ERROR, "get_many expected bigint keys, got type %u", ARR_ELEMTYPE(arr));
+	if (!ARR_HASNULL(arr))
+		ids = (int64 *) ARR_DATA_PTR(arr);	/* int8 elements, aligned */
+	else
+	{
+		Datum	   *elems;
+
+		deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, &nulls, &n);
+		ids = palloc(sizeof(int64) * Max(n, 1));
+		for (i = 0; i < n; i++)
+			ids[i] = nulls[i] ? 0 : DatumGetInt64(elems[i]);
+	}
+	/* the tables, then the shared buffer for all keys at once, then our own */
+	if (!CounterTallySums(def->id, n, ids, sums) ||
+		!CounterBufPendingMany(def->id, n, ids, nulls, GetActiveSnapshot(), sums))
 		CounterOverflow(def, NULL, true);
 	for (i = 0; i < n; i++)
 	{
+		bool		isnull = nulls != NULL && nulls[i];
 		Datum		out[2];
-		bool		outnulls[2] = {nulls[i], false};
+		bool		outnulls[2] = {isnull, false};
 		int64		total = 0;
 
-		if (!nulls[i])
-			total = CounterAddPending(def, ids[i], sums[i], DT_NOBEGIN, DT_NOEND);
-		out[0] = nulls[i] ? (Datum) 0 : literal ?
+		if (!isnull &&
+			pg_add_s64_overflow(sums[i], CounterLocalPending(def->id, ids[i], DT_NOBEGIN,
+															 DT_NOEND), &total))
+			CounterOverflow(def, &ids[i], true);
+		out[0] = isnull ? (Datum) 0 : literal ?
 			CStringGetTextDatum(psprintf(INT64_FORMAT, ids[i])) : Int64GetDatum(ids[i]);
 		out[1] = Int64GetDatum(total);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);

@@ -77,6 +77,8 @@ CounterShmemStartup(void)
 		counter_shared->stats_lock = &locks[COUNTER_PARTITIONS].lock;
 		SpinLockInit(&counter_shared->mutex);
 		pg_atomic_init_u32(&counter_shared->nentries, 0);
+		for (i = 0; i < COUNTER_ENTRY_COUNTS; i++)
+			pg_atomic_init_u32(&counter_shared->counter_entries[i], 0);
 		for (i = 0; i < COUNTER_MAX_DATABASES; i++)
 		{
 			CounterDbSlot *slot = &counter_shared->dbs[i];
