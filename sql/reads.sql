@@ -36,8 +36,14 @@ SELECT count(*) AS rows,
        count(*) FILTER (WHERE r.value = 0) AS zeros
 FROM k, counter.get_many('walk', k.a) WITH ORDINALITY AS r(key, value, o);
 
--- sparse keys across the gaps: the walk descends again past long runs of
--- keys it was not asked for
+-- dense keys, then a run of 500 rows of keys not asked for: the walk
+-- descends again past them
+SELECT count(*) AS keys, sum(g.value) AS total,
+       bool_and(g.value = pg_temp.rows_of('walk', g.key)) AS equals_rows_of_key
+FROM counter.get_many('walk', ARRAY(SELECT generate_series(1, 3000)
+                                    UNION ALL SELECT generate_series(101000, 101200))::bigint[]) g;
+
+-- keys far apart: a scan of each key's rows
 SELECT count(*) AS keys, sum(g.value) AS total,
        bool_and(g.value = pg_temp.rows_of('walk', g.key)) AS equals_rows_of_key
 FROM counter.get_many('walk', ARRAY(SELECT generate_series(1, 103000, 997))::bigint[]) g;

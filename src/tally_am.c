@@ -150,7 +150,8 @@ typedef struct TallyScan
 	ScanKeyData keys[4];
 	/* reads only: the batch, and where the rows of the last one stand */
 	IndexFetchTableData *fetch;
-	TallyWant  *want;			/* get_many, or NULL */
+	TallyWant  *want;			/* get_many's walk, or NULL */
+	int32		owner;			/* without a walk: the owner of every row */
 	bool		ended;			/* the index scan has given its last entry */
 	int			nhits;
 	int			nrows;
@@ -188,6 +189,7 @@ CounterTallyOpen(TallyScan *ts, LOCKMODE lockmode, Snapshot snapshot)
 	ts->slot = table_slot_create(ts->rel, NULL);
 	ts->fetch = NULL;
 	ts->want = NULL;
+	ts->owner = 0;
 	ts->ended = false;
 	ts->nhits = ts->nrows = ts->nextrow = 0;
 }
@@ -441,7 +443,7 @@ CounterTallyNext(TallyScan *ts)
 		while (ts->nhits < TALLY_BATCH && !ts->ended)
 		{
 			ItemPointer tid = index_getnext_tid(ts->scan, ForwardScanDirection);
-			int32		owner = 0;
+			int32		owner = ts->owner;
 
 			if (tid == NULL)
 				ts->ended = true;
@@ -538,14 +540,33 @@ CounterTallySums(int32 counter_id, int n, const int64 *keys, int64 *sums)
 	}
 	acc = palloc0(sizeof(int128) * m);
 
-	want.counter_id = counter_id;
-	want.keys = distinct;
-	want.nkeys = m;
-	want.next = 0;
-	ts.want = &want;
-	CounterTallyRescanWant(&ts);
-	while ((r = CounterTallyNext(&ts)) != NULL)
-		acc[r->owner] += r->value;
+	if (((uint64) distinct[m - 1] - (uint64) distinct[0]) / (uint64) m > TALLY_MAX_PASSED)
+	{
+		/*
+		 * Keys far apart (on average more than a walk steps over before it
+		 * descends again): a scan of each key's rows, which ends at its last
+		 * row, where a walk would read the rest of each leaf page.
+		 */
+		for (i = 0; i < m; i++)
+		{
+			CounterTallyRescan(&ts, counter_id, distinct[i], false, 0, 0);
+			ts.owner = i;
+			ts.ended = false;
+			while ((r = CounterTallyNext(&ts)) != NULL)
+				acc[r->owner] += r->value;
+		}
+	}
+	else
+	{
+		want.counter_id = counter_id;
+		want.keys = distinct;
+		want.nkeys = m;
+		want.next = 0;
+		ts.want = &want;
+		CounterTallyRescanWant(&ts);
+		while ((r = CounterTallyNext(&ts)) != NULL)
+			acc[r->owner] += r->value;
+	}
 	CounterTallyClose(&ts);
 
 	ok = true;
