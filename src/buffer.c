@@ -187,6 +187,16 @@ CounterBufRemove(CounterBufEntry *entry)
 	pg_atomic_fetch_sub_u32(count, 1);
 }
 
+/* The buffer's key of (counter, key) in this database, zero-padded for hashing. */
+static void
+CounterBufKeyOf(CounterBufKey *k, int32 counter_id, int64 key)
+{
+	memset(k, 0, sizeof(*k));
+	k->dbid = MyDatabaseId;
+	k->counter_id = counter_id;
+	k->key = key;
+}
+
 /*
  * Find the entry of (counter, key) in this database, making it (if create)
  * when there is room under counter.buffer_keys.  Returns with the entry's
@@ -203,10 +213,7 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 	CounterBufEntry *entry;
 	bool		found;
 
-	memset(&k, 0, sizeof(k));
-	k.dbid = MyDatabaseId;
-	k.counter_id = counter_id;
-	k.key = key;
+	CounterBufKeyOf(&k, counter_id, key);
 	hashcode = get_hash_value(buffer_hash, &k);
 	*lock = CounterPartitionLock(hashcode);
 	*is_new = false;
@@ -442,10 +449,7 @@ CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
 	{
 		CounterBufKey k;
 
-		memset(&k, 0, sizeof(k));
-		k.dbid = MyDatabaseId;
-		k.counter_id = counter_id;
-		k.key = keys[i];
+		CounterBufKeyOf(&k, counter_id, keys[i]);
 		hashes[i] = get_hash_value(buffer_hash, &k);
 		starts[hashes[i] % COUNTER_PARTITIONS + 1]++;
 	}
@@ -475,10 +479,7 @@ CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
 			i = order[j];
 			if (skip != NULL && skip[i])
 				continue;
-			memset(&k, 0, sizeof(k));
-			k.dbid = MyDatabaseId;
-			k.counter_id = counter_id;
-			k.key = keys[i];
+			CounterBufKeyOf(&k, counter_id, keys[i]);
 			entry = hash_search_with_hash_value(buffer_hash, &k, hashes[i], HASH_FIND, NULL);
 			if (entry == NULL)
 				continue;
