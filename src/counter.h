@@ -495,13 +495,20 @@ extern void CounterProcRound(TimestampTz start, int64 items);
 extern void CounterProcError(const char *what, const char *message);
 extern void CounterReportFailure(const char *what, MemoryContext cxt);
 extern bool CounterInstalledHere(void);
-extern bool CounterInstalledNow(void);
+typedef enum CounterCheck
+{
+	COUNTER_CHECK_NO,
+	COUNTER_CHECK_YES,
+	COUNTER_CHECK_FAILED
+} CounterCheck;
+extern CounterCheck CounterInstalledNow(void);
 extern void CounterReloadIfAsked(void);
 extern bool CounterGuardedStep(const char *what, void (*step) (void));
 extern void CounterMarkIdle(CounterDbSlot *slot);
 
 /* launcher.c */
 extern void CounterLauncherInit(void);
+extern bool CounterServeAtCommitPending(void);
 
 /* redis.c, redis_conn.c: the Redis source as the worker sees it */
 extern void CounterRedisRound(void);

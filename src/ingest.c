@@ -303,10 +303,18 @@ CounterIngestMain(Datum arg)
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dbid));
 	CommitTransactionCommand();
 	my_dbname = dbname;
-	if (!CounterInstalledNow())
+	switch (CounterInstalledNow())
 	{
-		CounterMarkIdle(my_slot);
-		proc_exit(0);
+		case COUNTER_CHECK_NO:
+			CounterMarkIdle(my_slot);
+			proc_exit(0);
+			break;
+		case COUNTER_CHECK_FAILED:
+			/* still starting: the launcher starts another in a while */
+			proc_exit(0);
+			break;
+		case COUNTER_CHECK_YES:
+			break;
 	}
 	if (!CounterIngestTakePlace())
 	{
@@ -351,7 +359,7 @@ CounterIngestMain(Datum arg)
 		if (start - last_check >= 5 * USECS_PER_SEC)
 		{
 			last_check = start;
-			if (!CounterInstalledNow())
+			if (CounterInstalledNow() == COUNTER_CHECK_NO)
 			{
 				ereport(LOG, (errmsg("counter ingest process: the extension was dropped; stopping")));
 				CounterMarkIdle(my_slot);

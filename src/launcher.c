@@ -97,6 +97,13 @@ CounterServeAtCommit(XactEvent event, void *arg)
 		serve_at_commit = false;
 }
 
+/* Whether this transaction asks for its database to be served at commit. */
+bool
+CounterServeAtCommitPending(void)
+{
+	return serve_at_commit;
+}
+
 /* Register the launcher and the utility hook (preload only). */
 void
 CounterLauncherInit(void)

@@ -299,15 +299,25 @@ CounterMaintenanceMain(Datum arg)
 	{
 		TimestampTz now;
 		long		wait_ms;
+		CounterCheck check;
 
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		CounterReloadIfAsked();
 		MemoryContextSwitchTo(loop_cxt);
-		if (!CounterInstalledNow())
+		check = CounterInstalledNow();
+		if (check == COUNTER_CHECK_NO)
 		{
 			CounterMarkIdle(my_slot);
 			break;
+		}
+		if (check == COUNTER_CHECK_FAILED)
+		{
+			/* logged; nothing is known, so nothing is done until the next try */
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+			MemoryContextReset(loop_cxt);
+			continue;
 		}
 		/* follow the changed keys for the ranking and the syncs there are */
 		CounterChangedFollow((counter_rank_interval > 0 ? COUNTER_CONSUMER_RANK : 0) |

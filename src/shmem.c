@@ -242,16 +242,28 @@ CounterSlotRequest(Oid dbid)
 	return slot;
 }
 
-/* This database's slot, requested on first use; NULL without one. */
+/*
+ * This database's slot, requested on first use; NULL without one.  A slot
+ * found idle is requested again: it was marked so when the extension was
+ * not there, and this backend uses it now.  The transaction that creates
+ * the extension asks at its commit instead (until then no ingest process
+ * could see it).
+ */
 CounterDbSlot *
 CounterMySlot(void)
 {
 	static CounterDbSlot *cached = NULL;
+	CounterDbState state;
 
 	if (!CounterShmemReady())
 		return NULL;
-	if (cached != NULL && CounterSlotState(cached, MyDatabaseId) != COUNTER_DB_FREE)
-		return cached;
+	if (cached != NULL)
+	{
+		state = CounterSlotState(cached, MyDatabaseId);
+		if (state != COUNTER_DB_FREE &&
+			(state != COUNTER_DB_IDLE || CounterServeAtCommitPending()))
+			return cached;
+	}
 	cached = CounterSlotRequest(MyDatabaseId);
 	return cached;
 }

@@ -170,6 +170,9 @@ CounterReportFailure(const char *what, MemoryContext cxt)
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(cxt);
 	edata->elevel = WARNING;
+	/* the log says which step failed, as worker_status() does */
+	edata->context = edata->context ?
+		psprintf("%s\ncounter: %s", edata->context, what) : psprintf("counter: %s", what);
 	ThrowErrorData(edata);
 	CounterProcError(what, edata->message);
 	FreeErrorData(edata);
@@ -204,28 +207,34 @@ CounterInstalledHere(void)
 }
 
 /*
- * Whether counter is installed here, in a transaction of its own; false
- * also when the check itself fails (it is repeated next round).
+ * Whether counter is installed here, looked up in a transaction of its own.
+ * A check that fails (a lock held on pg_extension past lock_timeout, say)
+ * answers COUNTER_CHECK_FAILED, logged as a WARNING: the caller carries on
+ * and asks again later, for a failure says nothing about the extension.
  */
-bool
+CounterCheck
 CounterInstalledNow(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool installed = false;
+	volatile CounterCheck answer = COUNTER_CHECK_FAILED;
 
 	PG_TRY();
 	{
 		StartTransactionCommand();
-		installed = CounterInstalledHere();
+		/* a user's lock on the catalogs must not hold up the whole round */
+		(void) set_config_option("lock_timeout", "1s", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		answer = CounterInstalledHere() ? COUNTER_CHECK_YES : COUNTER_CHECK_NO;
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
 	{
+		answer = COUNTER_CHECK_FAILED;
 		CounterReportFailure("checking for the extension", cxt);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
-	return installed;
+	return answer;
 }
 
 /*

@@ -101,6 +101,34 @@ is($node->safe_psql('postgres', "SELECT counter.get('dur', 1)"), '100',
 is($node->safe_psql('postgres', "SELECT counter.get('buf', 1) + counter.get('buf', 2) + counter.get('buf', 3)"),
 	'23', 'folded buffered counts survive it too');
 
+# A check for the extension that fails (here: a lock on pg_extension held
+# past the processes' lock_timeout) is logged and retried; the database
+# stays served by the same processes, which do not take it for a drop.
+my $procs = sub {
+	$node->safe_psql('postgres', "SELECT string_agg(backend_type || ':' || pid, ',' ORDER BY backend_type)"
+		  . " FROM pg_stat_activity WHERE datname = 'postgres' AND backend_type LIKE 'counter %'");
+};
+my $before = $procs->();
+like($before, qr/^counter ingest:\d+,counter maintenance:\d+$/, "both processes run ($before)");
+my $log_at = -s $node->logfile;
+my ($lock_out, $lock_err) = ('', '');
+my $locker = IPC::Run::start(
+	[ 'psql', '-X', '-q', '-d', $node->connstr('postgres'), '-c',
+	  'BEGIN; LOCK TABLE pg_catalog.pg_extension IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(7); COMMIT' ],
+	'>', \$lock_out, '2>', \$lock_err);
+ok($locker->finish, 'pg_extension was held locked for 7 s') or diag($lock_err);
+my $log_lock = substr(slurp_file($node->logfile), $log_at);
+like($log_lock, qr/WARNING:  canceling statement due to lock timeout\n[^\n]*CONTEXT:  counter: checking for the extension/,
+	'the failed check is logged as a WARNING');
+unlike($log_lock, qr/extension was dropped/, 'the ingest process does not take it for a drop');
+is($procs->(), $before, 'the same ingest and maintenance processes still run');
+like($node->safe_psql('postgres', "SELECT last_error FROM counter.worker_status() WHERE database = 'postgres' AND role = 'maintenance'"),
+	qr/^checking for the extension: .*lock timeout/, 'worker_status shows the failure as its last error');
+$node->safe_psql('postgres', "SELECT counter.incr('buf', 4, 9)");
+ok($node->poll_query_until('postgres',
+	"SELECT coalesce(sum(value), 0) = 9 FROM counter.tally WHERE key = 4"),
+	'and buffered increments are folded again without a flush()');
+
 # Compaction: rows of many past minutes and slots shrink to one per minute,
 # minutes over an hour old become hours; totals never change.
 $node->safe_psql('postgres', q{
