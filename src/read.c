@@ -9,6 +9,7 @@
 #include "counter.h"
 
 #include "catalog/pg_type.h"
+#include "access/htup_details.h"
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -215,6 +216,38 @@ CounterGetManyInt(const CounterDef *def, ReturnSetInfo *rsinfo, ArrayType *arr,
 	if (!CounterTallySums(def->id, n, ids, sums) ||
 		!CounterBufPendingMany(def->id, n, ids, nulls, GetActiveSnapshot(), sums))
 		CounterOverflow(def, NULL, true);
+	if (!literal)
+	{
+		/*
+		 * Two bigints and no nulls: one row is formed, and each result is
+		 * that row with its values written over, copied into the tuplestore
+		 * (forming each of 1,000 rows anew cost a tenth of the call).
+		 */
+		Datum		out[2] = {Int64GetDatum(0), Int64GetDatum(0)};
+		bool		outnulls[2] = {false, false};
+		HeapTuple	row = heap_form_tuple(rsinfo->setDesc, out, outnulls);
+		int64	   *cols = (int64 *) ((char *) row->t_data + row->t_data->t_hoff);
+
+		Assert(TupleDescAttr(rsinfo->setDesc, 0)->atttypid == INT8OID &&
+			   TupleDescAttr(rsinfo->setDesc, 1)->atttypid == INT8OID);
+		for (i = 0; i < n; i++)
+		{
+			if (nulls != NULL && nulls[i])
+			{
+				outnulls[0] = true;
+				out[1] = Int64GetDatum(0);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
+				continue;
+			}
+			if (pg_add_s64_overflow(sums[i], CounterLocalPending(def->id, ids[i], DT_NOBEGIN,
+																 DT_NOEND), &cols[1]))
+				CounterOverflow(def, &ids[i], true);
+			cols[0] = ids[i];
+			tuplestore_puttuple(rsinfo->setResult, row);
+		}
+		heap_freetuple(row);
+		return;
+	}
 	for (i = 0; i < n; i++)
 	{
 		bool		isnull = nulls != NULL && nulls[i];
@@ -226,8 +259,7 @@ CounterGetManyInt(const CounterDef *def, ReturnSetInfo *rsinfo, ArrayType *arr,
 			pg_add_s64_overflow(sums[i], CounterLocalPending(def->id, ids[i], DT_NOBEGIN,
 															 DT_NOEND), &total))
 			CounterOverflow(def, &ids[i], true);
-		out[0] = isnull ? (Datum) 0 : literal ?
-			CStringGetTextDatum(psprintf(INT64_FORMAT, ids[i])) : Int64GetDatum(ids[i]);
+		out[0] = isnull ? (Datum) 0 : CStringGetTextDatum(psprintf(INT64_FORMAT, ids[i]));
 		out[1] = Int64GetDatum(total);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnulls);
 	}

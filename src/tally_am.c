@@ -285,18 +285,17 @@ CounterTallyRescanWant(TallyScan *ts)
 
 	ScanKeyInit(&ts->keys[0], TALLY_ATT_COUNTER, BTEqualStrategyNumber,
 				F_INT4EQ, Int32GetDatum(w->counter_id));
+	/* no upper bound: CounterTallyWanted ends the walk past the last key */
 	ScanKeyInit(&ts->keys[1], TALLY_ATT_KEY, BTGreaterEqualStrategyNumber,
 				F_INT8GE, Int64GetDatum(w->keys[w->next]));
-	ScanKeyInit(&ts->keys[2], TALLY_ATT_KEY, BTLessEqualStrategyNumber,
-				F_INT8LE, Int64GetDatum(w->keys[w->nkeys - 1]));
 	if (first)
 	{
-		ts->scan = index_beginscan(ts->rel, ts->pkey, ts->snapshot, 3, 0);
-		ts->nkeys = 3;
+		ts->scan = index_beginscan(ts->rel, ts->pkey, ts->snapshot, 2, 0);
+		ts->nkeys = 2;
 		/* set before the first rescan, which makes room for the tuples */
 		ts->scan->xs_want_itup = true;
 	}
-	index_rescan(ts->scan, ts->keys, 3, NULL, 0);
+	index_rescan(ts->scan, ts->keys, 2, NULL, 0);
 	w->passed = 0;
 }
 
