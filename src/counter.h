@@ -351,6 +351,8 @@ extern void CounterRequireBufferingHere(void);
 extern CounterDbSlot *CounterSlotFor(Oid dbid);
 extern CounterDbSlot *CounterSlotRequest(Oid dbid);
 extern CounterDbSlot *CounterMySlot(void);
+extern void CounterServeAtCommitSet(bool on);
+extern bool CounterServeAtCommitPending(void);
 extern CounterDbState CounterSlotState(CounterDbSlot *slot, Oid dbid);
 extern void CounterWakeLauncher(void);
 extern const char *CounterDbStateName(CounterDbState state);
@@ -508,7 +510,6 @@ extern void CounterMarkIdle(CounterDbSlot *slot);
 
 /* launcher.c */
 extern void CounterLauncherInit(void);
-extern bool CounterServeAtCommitPending(void);
 
 /* redis.c, redis_conn.c: the Redis source as the worker sees it */
 extern void CounterRedisRound(void);

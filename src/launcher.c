@@ -66,7 +66,6 @@ typedef struct LauncherDb
 
 static LauncherDb dbs[COUNTER_MAX_DATABASES];
 static ProcessUtility_hook_type prev_utility_hook = NULL;
-static bool serve_at_commit = false;	/* this transaction created the extension */
 
 static const char *const role_names[COUNTER_ROLES] = {"ingest", "maintenance"};
 static const char *const role_mains[COUNTER_ROLES] = {"CounterIngestMain",
@@ -86,22 +85,15 @@ static void CounterUtilityHook(PlannedStmt *pstmt, const char *queryString,
 static void
 CounterServeAtCommit(XactEvent event, void *arg)
 {
-	if (!serve_at_commit)
+	if (!CounterServeAtCommitPending())
 		return;
 	if (event == XACT_EVENT_COMMIT)
 	{
-		serve_at_commit = false;
+		CounterServeAtCommitSet(false);
 		(void) CounterSlotRequest(MyDatabaseId);
 	}
 	else if (event == XACT_EVENT_ABORT)
-		serve_at_commit = false;
-}
-
-/* Whether this transaction asks for its database to be served at commit. */
-bool
-CounterServeAtCommitPending(void)
-{
-	return serve_at_commit;
+		CounterServeAtCommitSet(false);
 }
 
 /* Register the launcher and the utility hook (preload only). */
@@ -585,7 +577,7 @@ CounterUtilityHook(PlannedStmt *pstmt, const char *queryString,
 		 strcmp(((CreateExtensionStmt *) stmt)->extname, "counter") == 0) ||
 		(IsA(stmt, AlterExtensionStmt) &&
 		 strcmp(((AlterExtensionStmt *) stmt)->extname, "counter") == 0))
-		serve_at_commit = CounterShmemReady();
+		CounterServeAtCommitSet(CounterShmemReady());
 	/* a dropped database stays paused until the launcher frees its slot */
 	if (paused && !IsA(pstmt->utilityStmt, DropdbStmt))
 		CounterResumeDatabase(dbid);

@@ -242,6 +242,21 @@ CounterSlotRequest(Oid dbid)
 	return slot;
 }
 
+/* This transaction created (or updated) the extension: ask to be served at commit. */
+static bool serve_at_commit = false;
+
+void
+CounterServeAtCommitSet(bool on)
+{
+	serve_at_commit = on;
+}
+
+bool
+CounterServeAtCommitPending(void)
+{
+	return serve_at_commit;
+}
+
 /*
  * This database's slot, requested on first use; NULL without one.  A slot
  * found idle is requested again: it was marked so when the extension was
