@@ -30,5 +30,5 @@ include $(PGXS)
 CONTRIB_TESTDB = $(REGRESS_DB)
 ISOLATION_TESTDB = $(REGRESS_DB)
 
-# Every object depends on the shared header.
-$(OBJS): src/counter.h
+# Every object depends on the headers.
+$(OBJS): $(wildcard src/*.h)
