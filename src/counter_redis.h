@@ -107,18 +107,31 @@ extern void CounterRedisResetSoon(void);
 extern unsigned int CounterRedisSlot(const char *key, size_t len);
 extern bool CounterRedisHolds(CounterRedisTarget *t, const char *key);
 
-/* redis_keys.c */
-extern const char *counter_redis_claim_script;
+/* redis_batch.c */
 extern const CounterRedisCounter *CounterRedisOwner(const CounterRedisCounter *counters,
 													int ncounters,
 													const char *name, size_t len);
+extern const char *CounterRedisParseKey(const CounterRedisCounter *c, const char *name,
+										size_t len, char **keytext, int64 *key);
+extern void CounterRedisItemFrom(const CounterRedisCounter *counters, int ncounters,
+								 const char *field, size_t flen, const char *value,
+								 size_t vlen, TimestampTz bucket, CounterSourceItem *it);
+extern void CounterRedisNoteItems(CounterRedisTarget *t, CounterSourceItem *items, int n);
+extern bool CounterRedisApply(CounterRedisTarget *t, const char *batch_id,
+							  CounterSourceItem *items, int n, bool check);
+extern void CounterRedisDone(const char *batch_id);
+extern bool CounterRedisForget(CounterRedisTarget *t, char **names, int n);
+extern bool CounterRedisScanReply(CounterRedisTarget *t, redisReply *r);
 extern bool CounterRedisRecover(CounterRedisTarget *t,
 								const CounterRedisCounter *counters, int ncounters);
+extern void CounterRedisExpireBatches(void);
+
+/* redis_keys.c */
+extern const char *counter_redis_claim_script;
 extern bool CounterRedisDrainKeys(CounterRedisTarget *t,
 								  const CounterRedisCounter *counters,
 								  int ncounters, TimestampTz deadline,
 								  bool *more);
-extern void CounterRedisExpireBatches(void);
 
 /* redis_stream.c */
 extern bool CounterRedisDrainStreams(CounterRedisTarget *t,
