@@ -35,9 +35,9 @@ int			counter_clickhouse_interval = 10000;
 int			counter_clickhouse_timeout = 5000;
 int			counter_clickhouse_batch_size = 100000;
 
-/* Define every counter.* setting and reserve the prefix. */
-void
-CounterGucInit(void)
+/* The buffer, the background processes and their intervals. */
+static void
+CounterGucInitCore(void)
 {
 	DefineCustomIntVariable("counter.default_slots",
 							"Slot rows per key for sharded counters created without slots.",
@@ -109,7 +109,12 @@ CounterGucInit(void)
 								PGC_SIGHUP, 0,
 								NULL, NULL, NULL);
 	}
+}
 
+/* Redis ingestion (redis*.c). */
+static void
+CounterGucInitRedis(void)
+{
 	DefineCustomStringVariable("counter.redis_url",
 							   "Redis masters the worker drains, as a comma-separated list of redis://host:port/db URLs.",
 							   "Empty turns Redis ingestion off.  A URL naming a Redis Cluster node drains every master of the cluster.",
@@ -160,6 +165,12 @@ CounterGucInit(void)
 							&counter_redis_command_timeout,
 							2000, 10, 600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/* Kafka ingestion (kafka*.c). */
+static void
+CounterGucInitKafka(void)
+{
 	DefineCustomStringVariable("counter.kafka_brokers",
 							   "Kafka bootstrap servers the ingest processes consume from, as host:port[,host:port...].",
 							   "Empty turns Kafka ingestion off.",
@@ -182,7 +193,12 @@ CounterGucInit(void)
 							&counter_kafka_batch_size,
 							10000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
 
+/* The ClickHouse export (export*.c, clickhouse.c). */
+static void
+CounterGucInitClickhouse(void)
+{
 	DefineCustomStringVariable("counter.clickhouse_url",
 							   "ClickHouse HTTP interface the maintenance process exports minute buckets to, as http://host:port.",
 							   "Empty turns the export off; counters choose their table with counter.alter(c, clickhouse_table => ...).",
@@ -217,6 +233,15 @@ CounterGucInit(void)
 							&counter_clickhouse_batch_size,
 							100000, 1, 10000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
 
+/* Define every counter.* setting and reserve the prefix. */
+void
+CounterGucInit(void)
+{
+	CounterGucInitCore();
+	CounterGucInitRedis();
+	CounterGucInitKafka();
+	CounterGucInitClickhouse();
 	MarkGUCPrefixReserved("counter");
 }
