@@ -424,6 +424,91 @@ CounterRankGone(const CounterDef *def, const int64 *keys, int n)
 }
 
 /*
+ * The incremental part of a refresh: recompute the changed keys and those
+ * with a bucket that crossed a span's edge since t1 (when next_due says one
+ * may have), in batches; a key without rows leaves the ranking.
+ */
+static void
+CounterRankChanged(RankRun *run, TimestampTz t1, TimestampTz next_due,
+				   const int64 *changed, int nchanged)
+{
+	const CounterDef *def = run->def;
+	TimestampTz t = run->t;
+	int			cap = Max(nchanged, 1024);
+	int64	   *keys = palloc(sizeof(int64) * cap);
+	int			nkeys = 0;
+	int			i;
+
+	if (nchanged > 0)
+		memcpy(keys, changed, sizeof(int64) * nchanged);
+	nkeys = nchanged;
+	if (next_due <= t)
+		CounterCrossingKeys(run, t1, &keys, &nkeys, &cap);
+	if (nkeys > 1)
+	{
+		int			m = 1;
+
+		qsort(keys, nkeys, sizeof(int64), CounterKeyCmp);
+		for (i = 1; i < nkeys; i++)
+			if (keys[i] != keys[m - 1])
+				keys[m++] = keys[i];
+		nkeys = m;
+	}
+	for (i = 0; i < nkeys; i += COUNTER_RANK_BATCH)
+	{
+		int			n = Min(COUNTER_RANK_BATCH, nkeys - i);
+		int64	   *found = palloc(sizeof(int64) * n);
+		int64	   *gone = palloc(sizeof(int64) * n);
+		int			nfound = 0;
+		int			ngone = 0;
+		int			j,
+					f;
+
+		CounterRunKeys(run, &keys[i], n, found, &nfound);
+		for (j = 0, f = 0; j < n; j++)
+		{
+			while (f < nfound && found[f] < keys[i + j])
+				f++;
+			if (f >= nfound || found[f] != keys[i + j])
+				gone[ngone++] = keys[i + j];
+		}
+		CounterRankGone(def, gone, ngone);
+	}
+	CounterRunFlush(run);
+}
+
+/* Remember when, under which epoch and settings, and when rows next cross. */
+static void
+CounterRankSaveState(const CounterDef *def, TimestampTz t, uint64 epoch)
+{
+	Oid			argtypes[4] = {INT4OID, TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID};
+	int			rc;
+	Datum		sv[6];
+	char		sn[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	TimestampTz due = CounterNextDue(def, t);
+
+	sv[0] = Int32GetDatum(def->id);
+	sv[1] = TimestampTzGetDatum(t);
+	sv[2] = Int64GetDatum((int64) epoch);
+	if (epoch == 0)
+		sn[2] = 'n';
+	sv[3] = TimestampTzGetDatum(due);
+	rc = SPI_execute_plan(CounterPlan(&plan_save_state,
+									  "INSERT INTO counter.ranking_state AS s"
+									  " (counter_id, refreshed_at, epoch, next_due, spans, weights, half_life)"
+									  " SELECT $1, $2, $3, $4, d.trend_spans, d.trend_weights, d.half_life"
+									  " FROM counter.definition d WHERE d.id = $1"
+									  " ON CONFLICT (counter_id) DO UPDATE SET"
+									  " refreshed_at = excluded.refreshed_at, epoch = excluded.epoch,"
+									  " next_due = excluded.next_due, spans = excluded.spans,"
+									  " weights = excluded.weights, half_life = excluded.half_life",
+									  4, argtypes),
+						  sv, sn, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "saving the ranking state failed: %s", SPI_result_code_string(rc));
+}
+
+/*
  * Refresh def's ranking as of t (inside the scope, in a transaction).
  * changed are the keys whose rows changed since the last refresh (sorted);
  * they are ignored by a full build.  With wait false a refresh running in
@@ -434,9 +519,8 @@ int64
 CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 				   const int64 *changed, int nchanged, bool wait)
 {
-	Oid			argtypes[6] = {INT4OID, TIMESTAMPTZOID, INT8OID, INTERVALARRAYOID,
-	FLOAT8ARRAYOID, INTERVALOID};
-	Datum		values[6];
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
 	RankRun		run;
 	uint64		epoch = CounterChangedEpoch(COUNTER_CONSUMER_RANK);
 	TimestampTz t1 = 0;
@@ -506,77 +590,8 @@ CounterRankRefresh(const CounterDef *def, TimestampTz t, bool full,
 			elog(ERROR, "deleting ranking rows failed: %s", SPI_result_code_string(rc));
 	}
 	else
-	{
-		int			cap = Max(nchanged, 1024);
-		int64	   *keys = palloc(sizeof(int64) * cap);
-		int			nkeys = 0;
-		int			i;
-
-		if (nchanged > 0)
-			memcpy(keys, changed, sizeof(int64) * nchanged);
-		nkeys = nchanged;
-		if (next_due <= t)
-			CounterCrossingKeys(&run, t1, &keys, &nkeys, &cap);
-		if (nkeys > 1)
-		{
-			int			m = 1;
-
-			qsort(keys, nkeys, sizeof(int64), CounterKeyCmp);
-			for (i = 1; i < nkeys; i++)
-				if (keys[i] != keys[m - 1])
-					keys[m++] = keys[i];
-			nkeys = m;
-		}
-		for (i = 0; i < nkeys; i += COUNTER_RANK_BATCH)
-		{
-			int			n = Min(COUNTER_RANK_BATCH, nkeys - i);
-			int64	   *found = palloc(sizeof(int64) * n);
-			int64	   *gone = palloc(sizeof(int64) * n);
-			int			nfound = 0;
-			int			ngone = 0;
-			int			j,
-						f;
-
-			CounterRunKeys(&run, &keys[i], n, found, &nfound);
-			for (j = 0, f = 0; j < n; j++)
-			{
-				while (f < nfound && found[f] < keys[i + j])
-					f++;
-				if (f >= nfound || found[f] != keys[i + j])
-					gone[ngone++] = keys[i + j];
-			}
-			CounterRankGone(def, gone, ngone);
-		}
-		CounterRunFlush(&run);
-	}
-
-	/* remember when, under which epoch and settings, and when rows next cross */
-	{
-		Datum		sv[6];
-		char		sn[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-		TimestampTz due = CounterNextDue(def, t);
-
-		sv[0] = Int32GetDatum(def->id);
-		sv[1] = TimestampTzGetDatum(t);
-		sv[2] = Int64GetDatum((int64) epoch);
-		if (epoch == 0)
-			sn[2] = 'n';
-		sv[3] = TimestampTzGetDatum(due);
-		argtypes[3] = TIMESTAMPTZOID;
-		rc = SPI_execute_plan(CounterPlan(&plan_save_state,
-										  "INSERT INTO counter.ranking_state AS s"
-										  " (counter_id, refreshed_at, epoch, next_due, spans, weights, half_life)"
-										  " SELECT $1, $2, $3, $4, d.trend_spans, d.trend_weights, d.half_life"
-										  " FROM counter.definition d WHERE d.id = $1"
-										  " ON CONFLICT (counter_id) DO UPDATE SET"
-										  " refreshed_at = excluded.refreshed_at, epoch = excluded.epoch,"
-										  " next_due = excluded.next_due, spans = excluded.spans,"
-										  " weights = excluded.weights, half_life = excluded.half_life",
-										  4, argtypes),
-							  sv, sn, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "saving the ranking state failed: %s", SPI_result_code_string(rc));
-	}
+		CounterRankChanged(&run, t1, next_due, changed, nchanged);
+	CounterRankSaveState(def, t, epoch);
 	return run.changed;
 }
 
