@@ -1,8 +1,9 @@
 /*
  * buffer.c
  *		The shared buffer of buffered counters: pending increments per
- *		(database, counter, key) and minute, the folds that take them, and
- *		the totals cached for get(max_age).
+ *		(database, counter, key) and minute, and the totals cached for
+ *		get(max_age).  The passes over the whole buffer (folds, eviction,
+ *		totals, forgetting a counter) are in buffer_fold.c.
  *
  * The buffer is a shared hash of (counter, key) entries, partitioned into
  * COUNTER_PARTITIONS parts with one LWLock each.  Finding an entry takes its
@@ -27,7 +28,7 @@
  * buffered increments back from the tables.
  * An entry is evicted only when no slot has pending, inflight or refs.
  */
-#include "counter.h"
+#include "counter_buffer.h"
 
 #include "access/transam.h"
 #include "common/hashfn.h"
@@ -38,7 +39,7 @@
 #include "storage/shmem.h"
 #include "utils/snapmgr.h"
 
-static HTAB *buffer_hash = NULL;
+HTAB	   *counter_buffer_hash = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -66,7 +67,7 @@ CounterBufferShmemStartup(void)
 	info.entrysize = sizeof(CounterBufEntry);
 	info.num_partitions = COUNTER_PARTITIONS;
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	buffer_hash = ShmemInitHash("counter buffer",
+	counter_buffer_hash = ShmemInitHash("counter buffer",
 								counter_buffer_keys, counter_buffer_keys,
 								&info, HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
 	LWLockRelease(AddinShmemInitLock);
@@ -84,59 +85,11 @@ CounterBufferInit(void)
 	shmem_startup_hook = CounterBufferShmemStartup;
 }
 
-/* The partition lock guarding a hash value. */
-static inline LWLock *
-CounterPartitionLock(uint32 hashcode)
-{
-	return counter_shared->partition_locks[hashcode % COUNTER_PARTITIONS];
-}
-
-/*
- * Writers of an entry hold its spinlock and make its change count odd while
- * they change it; readers take no lock: they copy the fields and retry if
- * the count was odd or moved meanwhile, so readers of a hot key never
- * contend with each other.
- */
-static inline void
-CounterEntryLock(CounterBufEntry *entry)
-{
-	SpinLockAcquire(&entry->mutex);
-	pg_atomic_fetch_add_u32(&entry->changecount, 1);
-}
-
-/* End a change begun by CounterEntryLock. */
-static inline void
-CounterEntryUnlock(CounterBufEntry *entry)
-{
-	pg_atomic_fetch_add_u32(&entry->changecount, 1);
-	SpinLockRelease(&entry->mutex);
-}
-
-/* Start a lock-free read of an entry; pass the result to CounterEntryReadEnd. */
-static inline uint32
-CounterEntryReadBegin(CounterBufEntry *entry)
-{
-	uint32		count;
-
-	while ((count = pg_atomic_read_u32(&entry->changecount)) & 1)
-		SPIN_DELAY();
-	pg_read_barrier();
-	return count;
-}
-
-/* Whether a read begun with `before` saw a consistent entry. */
-static inline bool
-CounterEntryReadEnd(CounterBufEntry *entry, uint32 before)
-{
-	pg_read_barrier();
-	return pg_atomic_read_u32(&entry->changecount) == before;
-}
-
 /*
  * Lock every partition, in order, for a scan of the whole buffer (dynahash
  * requires all partition locks for hash_seq_search on a partitioned table).
  */
-static void
+void
 CounterLockAll(LWLockMode mode)
 {
 	int			p;
@@ -146,7 +99,7 @@ CounterLockAll(LWLockMode mode)
 }
 
 /* Release what CounterLockAll took. */
-static void
+void
 CounterUnlockAll(void)
 {
 	int			p;
@@ -177,12 +130,12 @@ CounterMayHaveEntries(int32 counter_id)
 }
 
 /* Remove an entry, under its partition lock held exclusive. */
-static void
+void
 CounterBufRemove(CounterBufEntry *entry)
 {
 	pg_atomic_uint32 *count = CounterEntriesOf(entry->key.dbid, entry->key.counter_id);
 
-	hash_search(buffer_hash, &entry->key, HASH_REMOVE, NULL);
+	hash_search(counter_buffer_hash, &entry->key, HASH_REMOVE, NULL);
 	pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
 	pg_atomic_fetch_sub_u32(count, 1);
 }
@@ -214,18 +167,18 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 	bool		found;
 
 	CounterBufKeyOf(&k, counter_id, key);
-	hashcode = get_hash_value(buffer_hash, &k);
+	hashcode = get_hash_value(counter_buffer_hash, &k);
 	*lock = CounterPartitionLock(hashcode);
 	*is_new = false;
 
 	LWLockAcquire(*lock, LW_SHARED);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	entry = hash_search_with_hash_value(counter_buffer_hash, &k, hashcode, HASH_FIND, NULL);
 	if (entry || !create)
 		return entry;
 
 	LWLockRelease(*lock);
 	LWLockAcquire(*lock, LW_EXCLUSIVE);
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_FIND, NULL);
+	entry = hash_search_with_hash_value(counter_buffer_hash, &k, hashcode, HASH_FIND, NULL);
 	if (entry)
 		return entry;
 	if (pg_atomic_fetch_add_u32(&counter_shared->nentries, 1) >= (uint32) counter_buffer_keys)
@@ -233,7 +186,7 @@ CounterBufLookup(int32 counter_id, int64 key, bool create, LWLock **lock,
 		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
 		return NULL;
 	}
-	entry = hash_search_with_hash_value(buffer_hash, &k, hashcode, HASH_ENTER_NULL, &found);
+	entry = hash_search_with_hash_value(counter_buffer_hash, &k, hashcode, HASH_ENTER_NULL, &found);
 	if (entry == NULL)
 	{
 		pg_atomic_fetch_sub_u32(&counter_shared->nentries, 1);
@@ -450,7 +403,7 @@ CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
 		CounterBufKey k;
 
 		CounterBufKeyOf(&k, counter_id, keys[i]);
-		hashes[i] = get_hash_value(buffer_hash, &k);
+		hashes[i] = get_hash_value(counter_buffer_hash, &k);
 		starts[hashes[i] % COUNTER_PARTITIONS + 1]++;
 	}
 	for (p = 0; p < COUNTER_PARTITIONS; p++)
@@ -480,7 +433,7 @@ CounterBufPendingMany(int32 counter_id, int n, const int64 *keys,
 			if (skip != NULL && skip[i])
 				continue;
 			CounterBufKeyOf(&k, counter_id, keys[i]);
-			entry = hash_search_with_hash_value(buffer_hash, &k, hashes[i], HASH_FIND, NULL);
+			entry = hash_search_with_hash_value(counter_buffer_hash, &k, hashes[i], HASH_FIND, NULL);
 			if (entry == NULL)
 				continue;
 			if (pending == NULL)
@@ -604,272 +557,4 @@ CounterCachePut(int32 counter_id, int64 key, int64 value, TimestampTz at)
 		CounterEntryUnlock(entry);
 	}
 	LWLockRelease(lock);
-}
-
-/*
- * The state of the fold that last took amounts from an entry, judged from
- * its xid outside any spinlock (clog and procarray lookups take locks).
- */
-typedef enum CounterFoldState
-{
-	COUNTER_FOLD_NONE,			/* nothing in flight */
-	COUNTER_FOLD_SETTLED,		/* committed and visible to every snapshot */
-	COUNTER_FOLD_BUSY,			/* running, or committed but not yet seen by all */
-	COUNTER_FOLD_ABORTED		/* failed: its amounts go back to pending */
-} CounterFoldState;
-
-static CounterFoldState
-CounterFoldStateOf(const CounterBufEntry *entry, TransactionId horizon,
-				   TimestampTz settle_before)
-{
-	TransactionId xid = entry->fold_xid;
-
-	if (!TransactionIdIsValid(xid))
-		return COUNTER_FOLD_NONE;
-	if (TransactionIdIsInProgress(xid))
-		return COUNTER_FOLD_BUSY;
-	if (!TransactionIdDidCommit(xid))
-		return COUNTER_FOLD_ABORTED;
-	if (TransactionIdPrecedes(xid, horizon) || entry->fold_at < settle_before)
-		return COUNTER_FOLD_SETTLED;
-	return COUNTER_FOLD_BUSY;
-}
-
-/*
- * Worker side of a fold, step 1: move every slot's pending into inflight,
- * tagged with xid, and hand the amounts to emit().  Entries whose previous
- * fold is still visible to someone are skipped this round (their pending
- * stays, and stays readable); amounts of a previous fold that aborted are
- * given back first, so no entry stays busy after a failure, whoever missed
- * the give-back.  horizon is the oldest xid still visible to a snapshot of
- * this database; a fold that committed before settle_before is settled
- * even if some older snapshot could still miss it (see the file header).
- * emit() runs with no spinlock held.  Only the database's ingest process
- * writes fold_xid and fold_at, so it may read them without the spinlock.
- * Returns the number of amounts handed over.
- */
-int
-CounterBufDrain(TransactionId xid, TransactionId horizon,
-				TimestampTz settle_before, CounterDrainCallback emit, void *arg)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	HASH_SEQ_STATUS status;
-	CounterBufEntry *entry;
-	int			n = 0;
-
-	CounterLockAll(LW_SHARED);
-	hash_seq_init(&status, buffer_hash);
-	while ((entry = hash_seq_search(&status)) != NULL)
-	{
-		CounterFoldState prev;
-		TimestampTz buckets[COUNTER_BUF_SLOTS];
-		int64		amounts[COUNTER_BUF_SLOTS];
-		int			ntaken = 0;
-		int			i;
-
-		if (entry->key.dbid != MyDatabaseId)
-			continue;
-		prev = CounterFoldStateOf(entry, horizon, settle_before);
-		if (prev == COUNTER_FOLD_BUSY)
-			continue;
-		CounterEntryLock(entry);
-		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-		{
-			CounterBufSlot *s = &entry->slots[i];
-
-			if (prev == COUNTER_FOLD_ABORTED)
-				s->pending += s->inflight;
-			s->inflight = 0;
-			if (s->pending == 0)
-				continue;
-			s->inflight = s->pending;
-			s->pending = 0;
-			buckets[ntaken] = s->bucket;
-			amounts[ntaken++] = s->inflight;
-		}
-		entry->fold_xid = ntaken > 0 ? xid : InvalidTransactionId;
-		entry->fold_at = now;
-		CounterEntryUnlock(entry);
-		for (i = 0; i < ntaken; i++)
-			emit(arg, entry->key.counter_id, entry->key.key, buckets[i], amounts[i]);
-		n += ntaken;
-	}
-	CounterUnlockAll();
-	return n;
-}
-
-/*
- * Worker side of a fold that failed: give inflight amounts tagged xid back
- * to pending, so nothing is lost and the next fold retries them.
- */
-void
-CounterBufUndrain(TransactionId xid)
-{
-
-	{
-		HASH_SEQ_STATUS status;
-		CounterBufEntry *entry;
-
-		CounterLockAll(LW_SHARED);
-		hash_seq_init(&status, buffer_hash);
-		while ((entry = hash_seq_search(&status)) != NULL)
-		{
-			int			i;
-
-			CounterEntryLock(entry);
-			if (entry->fold_xid == xid)
-			{
-				for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-				{
-					entry->slots[i].pending += entry->slots[i].inflight;
-					entry->slots[i].inflight = 0;
-				}
-				entry->fold_xid = InvalidTransactionId;
-			}
-			CounterEntryUnlock(entry);
-		}
-		CounterUnlockAll();
-	}
-}
-
-/*
- * Evict entries that hold nothing: no pending, inflight or references, and
- * no cached total younger than keep_cache_us.  Keeps the buffer bounded.
- */
-int
-CounterBufEvict(int64 keep_cache_us)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	int			evicted = 0;
-
-	{
-		HASH_SEQ_STATUS status;
-		CounterBufEntry *entry;
-
-		CounterLockAll(LW_EXCLUSIVE);
-		hash_seq_init(&status, buffer_hash);
-		while ((entry = hash_seq_search(&status)) != NULL)
-		{
-			bool		idle = true;
-			int			i;
-
-			for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-				if (entry->slots[i].pending != 0 || entry->slots[i].inflight != 0 ||
-					entry->slots[i].refs != 0)
-					idle = false;
-			if (idle && entry->cached_at != 0 && now - entry->cached_at < keep_cache_us)
-				idle = false;
-			if (idle && !entry->big)
-			{
-				CounterBufRemove(entry);
-				evicted++;
-			}
-		}
-		CounterUnlockAll();
-	}
-	return evicted;
-}
-
-static int
-CounterInt32Cmp(const void *a, const void *b)
-{
-	int32		x = *(const int32 *) a;
-	int32		y = *(const int32 *) b;
-
-	return (x > y) - (x < y);
-}
-
-/*
- * Totals of what the buffer holds for each of n counters of this database
- * (for counter.stats), in one pass over the buffer: pending[i] and keys[i]
- * for ids[i].  Sorts ids.
- */
-void
-CounterBufCounterTotals(int32 *ids, int n, int64 *pending, int64 *keys)
-{
-	HASH_SEQ_STATUS status;
-	CounterBufEntry *entry;
-
-	qsort(ids, n, sizeof(int32), CounterInt32Cmp);
-	memset(pending, 0, sizeof(int64) * n);
-	memset(keys, 0, sizeof(int64) * n);
-	if (n == 0)
-		return;
-	CounterLockAll(LW_SHARED);
-	hash_seq_init(&status, buffer_hash);
-	while ((entry = hash_seq_search(&status)) != NULL)
-	{
-		int64		sum = 0;
-		int32	   *hit;
-		int			i;
-
-		if (entry->key.dbid != MyDatabaseId)
-			continue;
-		hit = bsearch(&entry->key.counter_id, ids, n, sizeof(int32), CounterInt32Cmp);
-		if (hit == NULL)
-			continue;
-		CounterEntryLock(entry);
-		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-			sum += entry->slots[i].pending;
-		CounterEntryUnlock(entry);
-		if (sum != 0)
-		{
-			pending[hit - ids] += sum;
-			keys[hit - ids]++;
-		}
-	}
-	CounterUnlockAll();
-}
-
-/*
- * Forget the buffered deltas and cached totals of a counter id in this
- * database (a new counter takes an id only after the extension was dropped
- * and created again).
- */
-void
-CounterBufForget(int32 counter_id)
-{
-	HASH_SEQ_STATUS status;
-	CounterBufEntry *entry;
-	int			i;
-
-	if (!CounterShmemReady())
-		return;
-	CounterLockAll(LW_EXCLUSIVE);
-	hash_seq_init(&status, buffer_hash);
-	while ((entry = hash_seq_search(&status)) != NULL)
-	{
-		if (entry->key.counter_id != counter_id || entry->key.dbid != MyDatabaseId)
-			continue;
-		CounterEntryLock(entry);
-		entry->cached_at = 0;
-		entry->big = false;
-		for (i = 0; i < COUNTER_BUF_SLOTS; i++)
-		{
-			entry->slots[i].pending = 0;
-			entry->slots[i].inflight = 0;
-		}
-		CounterEntryUnlock(entry);
-	}
-	CounterUnlockAll();
-}
-
-/* Forget every entry of a database that is gone (the launcher noticed). */
-void
-CounterBufForgetDatabase(Oid dbid)
-{
-	HASH_SEQ_STATUS status;
-	CounterBufEntry *entry;
-
-	if (!CounterShmemReady())
-		return;
-	CounterLockAll(LW_EXCLUSIVE);
-	hash_seq_init(&status, buffer_hash);
-	while ((entry = hash_seq_search(&status)) != NULL)
-	{
-		if (entry->key.dbid != dbid)
-			continue;
-		CounterBufRemove(entry);
-	}
-	CounterUnlockAll();
 }
