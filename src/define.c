@@ -383,6 +383,25 @@ CounterCheckClickhouseOwner(const CounterDef *def, Datum table)
 }
 
 /*
+ * A source argument of alter (redis_prefix, redis_stream, kafka_topic), in
+ * the private scope: true if given empty (that drain stops), checked
+ * otherwise; false when not given.
+ */
+static bool
+CounterSourceArg(const CounterDef *def, const char *column, Datum value, char null)
+{
+	char	   *name;
+
+	if (null != ' ')
+		return false;
+	name = TextDatumGetCString(value);
+	if (name[0] == '\0')
+		return true;
+	CounterCheckSourceName(def, column, name);
+	return false;
+}
+
+/*
  * counter.alter(counter, mode, slots, redis_prefix, dedup_window,
  * max_per_actor, rate_window, max_delta, minute_retention, hour_retention,
  * day_retention, half_life, trend_spans, trend_weights, redis_stream,
@@ -462,30 +481,9 @@ counter_alter(PG_FUNCTION_ARGS)
 	CounterEnter(&scope);
 	if (nulls[16] == ' ' && !clear_table)
 		CounterCheckClickhouseOwner(&def, values[16]);
-	if (nulls[3] == ' ')
-	{
-		char	   *prefix = TextDatumGetCString(values[3]);
-
-		clear_prefix = prefix[0] == '\0';
-		if (!clear_prefix)
-			CounterCheckSourceName(&def, "redis_prefix", prefix);
-	}
-	if (nulls[14] == ' ')
-	{
-		char	   *stream = TextDatumGetCString(values[14]);
-
-		clear_stream = stream[0] == '\0';
-		if (!clear_stream)
-			CounterCheckSourceName(&def, "redis_stream", stream);
-	}
-	if (nulls[15] == ' ')
-	{
-		char	   *topic = TextDatumGetCString(values[15]);
-
-		clear_topic = topic[0] == '\0';
-		if (!clear_topic)
-			CounterCheckSourceName(&def, "kafka_topic", topic);
-	}
+	clear_prefix = CounterSourceArg(&def, "redis_prefix", values[3], nulls[3]);
+	clear_stream = CounterSourceArg(&def, "redis_stream", values[14], nulls[14]);
+	clear_topic = CounterSourceArg(&def, "kafka_topic", values[15], nulls[15]);
 	CounterExec(psprintf("UPDATE counter.definition SET"
 						 " mode = coalesce($2, mode),"
 						 " slots = coalesce($3, slots),"
