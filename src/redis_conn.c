@@ -620,6 +620,68 @@ CounterRedisDiscover(CounterRedisTarget *t, CounterRedisMaster *masters)
 }
 
 /*
+ * Replace the seed target t, found to be a node of a Redis Cluster, with
+ * the cluster's masters (those no other URL brought already); they connect
+ * next.
+ */
+static void
+CounterRedisUseMasters(CounterRedisTarget *t, const CounterRedisSeed *seed,
+					   const CounterRedisMaster *masters, int n)
+{
+	int			self = CounterRedisTargetIndex(t);
+	int			seedno = t->seed;
+	bool		reused = false;
+	int			k;
+
+	redisFree(t->ctx);
+	t->ctx = NULL;
+	for (k = 0; k < n; k++)
+	{
+		CounterRedisTarget *m;
+		int			x;
+
+		for (x = 0; x < ntargets; x++)
+			if (targets[x].port == masters[k].port &&
+				strcmp(targets[x].host, masters[k].host) == 0 &&
+				targets[x].kind == COUNTER_REDIS_CLUSTER)
+				break;
+		if (x < ntargets)
+			continue;
+		if (!reused)
+		{
+			m = &targets[self];
+			reused = true;
+		}
+		else if (ntargets < COUNTER_REDIS_MAX_MASTERS)
+			m = &targets[ntargets++];
+		else
+			break;
+		memset(m, 0, sizeof(*m));
+		m->kind = COUNTER_REDIS_CLUSTER;
+		m->seed = seedno;
+		strlcpy(m->host, masters[k].host, sizeof(m->host));
+		m->port = masters[k].port;
+		m->nranges = masters[k].nranges;
+		memcpy(m->range_lo, masters[k].range_lo, sizeof(m->range_lo));
+		memcpy(m->range_hi, masters[k].range_hi, sizeof(m->range_hi));
+		strlcpy(m->scan_cursor, "0", sizeof(m->scan_cursor));
+		snprintf(m->label, sizeof(m->label), "%s:%d/0", m->host, m->port);
+		m->need_recovery = true;
+	}
+	if (!reused)
+	{
+		/* another URL of the same cluster brought them already */
+		memmove(&targets[self], &targets[self + 1],
+				sizeof(CounterRedisTarget) * (ntargets - self - 1));
+		ntargets--;
+	}
+	ereport(LOG,
+			(errmsg("counter worker: Redis %s is a cluster node; draining its %d masters",
+					seed->label, n)));
+	CounterRedisPublishTargets();
+}
+
+/*
  * Connect to a target: timeouts, AUTH, SELECT, the claim script.  A seed
  * that turns out to be a cluster node is replaced by the cluster's masters.
  */
@@ -677,58 +739,7 @@ CounterRedisConnect(CounterRedisTarget *t)
 			t->kind = COUNTER_REDIS_PLAIN;
 		else
 		{
-			/* replace this seed with the masters; they connect next */
-			int			self = CounterRedisTargetIndex(t);
-			int			seedno = t->seed;
-			bool		reused = false;
-			int			k;
-
-			redisFree(t->ctx);
-			t->ctx = NULL;
-			for (k = 0; k < n; k++)
-			{
-				CounterRedisTarget *m;
-				int			x;
-
-				for (x = 0; x < ntargets; x++)
-					if (targets[x].port == masters[k].port &&
-						strcmp(targets[x].host, masters[k].host) == 0 &&
-						targets[x].kind == COUNTER_REDIS_CLUSTER)
-						break;
-				if (x < ntargets)
-					continue;
-				if (!reused)
-				{
-					m = &targets[self];
-					reused = true;
-				}
-				else if (ntargets < COUNTER_REDIS_MAX_MASTERS)
-					m = &targets[ntargets++];
-				else
-					break;
-				memset(m, 0, sizeof(*m));
-				m->kind = COUNTER_REDIS_CLUSTER;
-				m->seed = seedno;
-				strlcpy(m->host, masters[k].host, sizeof(m->host));
-				m->port = masters[k].port;
-				m->nranges = masters[k].nranges;
-				memcpy(m->range_lo, masters[k].range_lo, sizeof(m->range_lo));
-				memcpy(m->range_hi, masters[k].range_hi, sizeof(m->range_hi));
-				strlcpy(m->scan_cursor, "0", sizeof(m->scan_cursor));
-				snprintf(m->label, sizeof(m->label), "%s:%d/0", m->host, m->port);
-				m->need_recovery = true;
-			}
-			if (!reused)
-			{
-				/* another URL of the same cluster brought them already */
-				memmove(&targets[self], &targets[self + 1],
-						sizeof(CounterRedisTarget) * (ntargets - self - 1));
-				ntargets--;
-			}
-			ereport(LOG,
-					(errmsg("counter worker: Redis %s is a cluster node; draining its %d masters",
-							seed->label, n)));
-			CounterRedisPublishTargets();
+			CounterRedisUseMasters(t, seed, masters, n);
 			return false;
 		}
 	}
