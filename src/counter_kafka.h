@@ -1,7 +1,7 @@
 /*
  * counter_kafka.h
- *		What the Kafka consumer (kafka.c) and the meaning of its messages
- *		(kafka_message.c) share.
+ *		What the Kafka consumer (kafka.c), the meaning of its messages
+ *		(kafka_message.c) and its status (kafka_status.c) share.
  */
 #ifndef COUNTER_KAFKA_H
 #define COUNTER_KAFKA_H
@@ -34,5 +34,10 @@ typedef struct CounterKafkaMessage
 extern void CounterKafkaItem(const CounterKafkaCounter *counters, int ncounters,
 							 const CounterKafkaMessage *m, TimestampTz now,
 							 CounterSourceItem *it);
+
+/* kafka_status.c */
+extern char *CounterKafkaGroup(void);
+extern void CounterKafkaState(const char *state);
+extern void CounterKafkaError(const char *msg);
 
 #endif							/* COUNTER_KAFKA_H */

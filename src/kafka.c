@@ -4,8 +4,8 @@
  *		consumes the topics its counters name (counter.alter(c, kafka_topic
  *		=> 'events')) from counter.kafka_brokers, through the consumer group
  *		counter.kafka_group || '-' || the database's name, with librdkafka.
- *		The messages' meaning is kafka_message.c's; the function
- *		counter.kafka_status() is here.
+ *		The messages' meaning is kafka_message.c's; its status and the
+ *		function counter.kafka_status() are kafka_status.c's.
  *
  * Exactly once: a batch of messages is applied in one transaction that
  * also stores, per partition, the first offset not applied yet in
@@ -46,8 +46,6 @@
 
 #include "counter_kafka.h"
 
-PG_FUNCTION_INFO_V1(counter_kafka_status);
-
 /* The consumer and what it was made for. */
 static rd_kafka_t *consumer = NULL;
 static char *consumer_conf = NULL;	/* brokers, group and options it was made with */
@@ -63,56 +61,6 @@ static CounterKafkaCounter *counters = NULL;
 static int	ncounters = 0;
 static TimestampTz counters_at = 0;
 static uint64 counters_generation = 0;	/* CounterDefGeneration() at the load */
-
-/* Rate limit for repeated errors in the log. */
-static char last_logged[200];
-static TimestampTz last_logged_at = 0;
-
-/* This database's consumer group; in a transaction. */
-static char *
-CounterKafkaGroup(void)
-{
-	return psprintf("%s-%s", counter_kafka_group, get_database_name(MyDatabaseId));
-}
-
-/* Show the consumer's state in kafka_status(). */
-static void
-CounterKafkaState(const char *state)
-{
-	CounterDbSlot *slot = CounterSlotFor(MyDatabaseId);
-
-	if (slot == NULL)
-		return;
-	SpinLockAcquire(&counter_shared->mutex);
-	strlcpy(slot->kafka_state, state, sizeof(slot->kafka_state));
-	SpinLockRelease(&counter_shared->mutex);
-}
-
-/*
- * Note a Kafka error: in kafka_status() and worker_status() always, in the
- * log once a minute for the same text.  Never raises.
- */
-static void
-CounterKafkaError(const char *msg)
-{
-	CounterDbSlot *slot = CounterSlotFor(MyDatabaseId);
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (slot)
-	{
-		SpinLockAcquire(&counter_shared->mutex);
-		slot->kafka_error_at = now;
-		strlcpy(slot->kafka_error, msg, sizeof(slot->kafka_error));
-		SpinLockRelease(&counter_shared->mutex);
-	}
-	CounterProcError("kafka", msg);
-	if (strcmp(last_logged, msg) != 0 || now - last_logged_at >= 60 * USECS_PER_SEC)
-	{
-		ereport(LOG, (errmsg("counter: kafka: %s", msg)));
-		strlcpy(last_logged, msg, sizeof(last_logged));
-		last_logged_at = now;
-	}
-}
 
 /* An error caught in a PG_CATCH: roll back, note it, go on. */
 static void
@@ -790,68 +738,4 @@ void
 CounterKafkaShutdown(void)
 {
 	CounterKafkaClose();
-}
-
-/*
- * counter.kafka_status(): per partition this database's consumer has
- * applied messages of, the next offset to apply, the partition's end as
- * last seen and the difference; with the consumer's state and last error
- * (one row with no partition when none is stored yet).
- */
-Datum
-counter_kafka_status(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	CounterDbSlot *slot = CounterShmemReady() ? CounterSlotFor(MyDatabaseId) : NULL;
-	char		state[64] = "";
-	char		error[200] = "";
-	TimestampTz error_at = 0;
-	CounterScope scope;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1];
-	uint64		i;
-	int			rc;
-
-	if (slot)
-	{
-		SpinLockAcquire(&counter_shared->mutex);
-		if (slot->dbid == MyDatabaseId)
-		{
-			strlcpy(state, slot->kafka_state, sizeof(state));
-			strlcpy(error, slot->kafka_error, sizeof(error));
-			error_at = slot->kafka_error_at;
-		}
-		SpinLockRelease(&counter_shared->mutex);
-	}
-	InitMaterializedSRF(fcinfo, 0);
-	args[0] = CStringGetTextDatum(CounterKafkaGroup());
-	CounterEnter(&scope);
-	rc = SPI_execute_with_args("SELECT topic, partition, next_offset, high_watermark,"
-							   " high_watermark - next_offset, updated_at"
-							   " FROM counter.kafka_offset WHERE grp = $1"
-							   " ORDER BY topic, partition", 1, argtypes, args, NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading Kafka offsets failed: %s", SPI_result_code_string(rc));
-	for (i = 0; i < Max(SPI_processed, 1); i++)
-	{
-		Datum		values[9];
-		bool		nulls[9] = {0};
-		int			j;
-
-		for (j = 0; j < 6; j++)
-		{
-			nulls[j] = true;
-			if (i < SPI_processed)
-				values[j] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-										  j + 1, &nulls[j]);
-		}
-		values[6] = CStringGetTextDatum(state[0] ? state : "off");
-		values[7] = CStringGetTextDatum(error);
-		nulls[7] = (error[0] == '\0');
-		values[8] = TimestampTzGetDatum(error_at);
-		nulls[8] = (error_at == 0);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	CounterLeave(&scope);
-	PG_RETURN_VOID();
 }
